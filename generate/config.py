@@ -1,0 +1,144 @@
+"""Typed configuration: the dataclasses Hydra validates every YAML file and override against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+# conf/ sits next to the package; built from __file__ so `main` works wherever it is imported from.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "shakespeare"  # also the default run_name
+    # Where the raw data comes from: text | midi | bach | scores | benchmark.
+    source: str = "text"
+    path: Optional[str] = None  # file or folder, relative to the working directory
+    tokenizer: str = "char"  # char | melody | polyphonic | events
+    # Split for single-stream text: train | test | val by fraction of the stream, in that order,
+    # so val is the last `val_fraction` (nanoGPT's validation split when val_fraction=0.1).
+    val_fraction: float = 0.1
+    test_fraction: float = 0.05
+    # Where token caches go; keyed by a fingerprint of source + tokenizer settings.
+    cache_dir: str = "${project_root:}/datasets/.cache"
+    # Music settings (used by the melody / polyphonic / events tokenizers).
+    steps_per_quarter: int = 4
+    min_pitch: int = 21
+    max_pitch: int = 108
+    # Melody extraction: which note wins when an instrument plays a chord.
+    monophony: str = "highest"  # highest | lowest
+    split_silence_quarters: float = 4.0  # split a melody at a rest at least this long
+    min_melody_steps: int = 16  # drop fragments shorter than this many grid steps
+    # Transposition: none | c (to C major / A minor) | augment (every key in transpose_range)
+    transpose: str = "none"
+    transpose_range: int = 5  # semitones each way when augmenting
+    num_workers: int = 0  # 0 = one per CPU core for MIDI folders
+    max_files: int = 0  # 0 = no limit (useful for quick looks at huge folders)
+    # Which Boulanger-Lewandowski benchmark file, for source=benchmark.
+    benchmark_file: Optional[str] = None
+
+
+@dataclass
+class ModelConfig:
+    embedding_size: int = 128
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.1  # between GRU layers and on the embedding / GRU output
+    # true: torch.nn.GRU (cuDNN on CUDA), reset applied after the recurrent product.
+    # false: the seed equations, reset applied to h before the product.
+    reset_after: bool = True
+    tie_weights: bool = False  # needs embedding_size == hidden_size
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 3000
+    batch_size: int = 64
+    seq_len: int = 128
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 1337
+    device: Device = Device.auto
+    eval_every: int = 500
+    eval_batch_size: int = 64
+    resume: bool = False
+    bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
+    log_every: int = 25  # steps between progress-bar / metrics updates
+    max_bad_steps: int = 10  # consecutive non-finite losses before training stops
+
+
+@dataclass
+class TrainRunConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run_name: str = "${dataset.name}"
+    checkpoints_dir: str = "checkpoints"
+
+
+@dataclass
+class SampleConfig:
+    checkpoint: Optional[str] = None  # None: your default run's best.pt, else the shipped model
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    length: int = 500
+    num_samples: int = 1
+    seed: int = 1337
+    prompt: str = ""
+    primer: Optional[str] = None  # a MIDI file to continue (music models)
+    beam_size: int = 1
+    qpm: float = 120.0  # tempo of written music
+    out_dir: str = "samples"
+    device: Device = Device.cpu
+    quiet: bool = False  # do not print text samples to stdout
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: Optional[str] = None
+    split: str = "test"  # train | val | test
+    batch_size: int = 64
+    seq_len: int = 256
+    device: Device = Device.auto
+    # Override where the dataset is read from (e.g. the checkpoint came from another machine).
+    dataset_path: Optional[str] = None
+
+
+def register_configs() -> None:
+    """Make the dataclasses the schema of the YAML files under conf/."""
+    from omegaconf import OmegaConf
+
+    # ${project_root:} lets the bundled datasets be found from any working directory.
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainRunConfig)
+    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="train", name="train_schema", node=TrainConfig)
+    cs.store(name="sample_schema", node=SampleConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def to_plain(cfg: Any) -> dict:
+    """A resolved, plain-dict copy of a config (safe to put in a checkpoint)."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert isinstance(plain, dict)
+    return plain

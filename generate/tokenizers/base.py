@@ -1,0 +1,42 @@
+"""The interface every tokenizer implements: encode, decode, vocabulary, to/from a plain dict."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Sequence
+
+
+class Tokenizer(ABC):
+    kind: ClassVar[str]  # key in the registry and in the saved dict
+    modality: ClassVar[str]  # "text" or "music": decides how samples are written
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, item: Any) -> list[int]:
+        """One item (a string, a melody, a piano roll, ...) to token ids."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> Any:
+        """Token ids back to an item; any sequence of valid ids decodes without raising."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (str, int, float, list, dict) that `from_dict` rebuilds this tokenizer from."""
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Tokenizer": ...
+
+    def start_ids(self) -> list[int]:
+        """What generation starts from when no prompt is given."""
+        return [0]
+
+    def separator_id(self) -> int | None:
+        """Token placed between documents of a corpus (None: documents are simply concatenated)."""
+        return None
+
+    def token_name(self, token_id: int) -> str:
+        return str(token_id)

@@ -1,0 +1,55 @@
+"""Shared test helpers: compose real configs (as the CLI does) and run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from generate.config import CONFIG_DIR, PROJECT_ROOT, register_configs
+
+register_configs()
+
+
+def compose_config(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+@pytest.fixture
+def small_text(tmp_path: Path) -> Path:
+    """A few KB of text: enough for train/val/test windows of the smoke config."""
+    lines = [f"{name}: the {word} is {adj} and {word}s are {adj}.\n" for name in ("ANNA", "BEN", "CARL")
+             for word in ("cat", "dog", "bird", "fish") for adj in ("small", "loud", "kind", "quick")]
+    path = tmp_path / "small.txt"
+    path.write_text("".join(lines) * 6, encoding="utf-8")
+    return path
+
+
+def train_overrides(tmp_path: Path, *extra: str) -> list[str]:
+    """The smoke bundle, writing checkpoints and caches under tmp_path."""
+    return [
+        "train=smoke",
+        f"checkpoints_dir={tmp_path / 'checkpoints'}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        "model.hidden_size=32",
+        "model.embedding_size=16",
+        *extra,
+    ]
+
+
+def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m generate.<module> args...` as a user types it."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", f"generate.{module}", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or PROJECT_ROOT,
+        env=env,
+        timeout=timeout,
+    )
