@@ -53,3 +53,15 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 300
         env=env,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def text_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model trained for a few steps on a small text; shared by the sample/evaluate tests."""
+    from generate.train import train
+
+    root = tmp_path_factory.mktemp("text_ckpt")
+    text = root / "corpus.txt"
+    text.write_text(("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n") * 40)
+    train(compose_config("config", train_overrides(root, "dataset=text", f"dataset.path={text}", "run_name=tiny")))
+    return root / "checkpoints" / "tiny" / "best.pt"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 
 class Tokenizer(ABC):
@@ -28,7 +29,7 @@ class Tokenizer(ABC):
 
     @classmethod
     @abstractmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Tokenizer": ...
+    def from_dict(cls, data: dict[str, Any]) -> Tokenizer: ...
 
     def start_ids(self) -> list[int]:
         """What generation starts from when no prompt is given."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 from generate.runtime import UserError
 from generate.tokenizers.base import Tokenizer
@@ -19,7 +20,7 @@ class CharTokenizer(Tokenizer):
         self.index = {ch: i for i, ch in enumerate(self.chars)}
 
     @classmethod
-    def fit(cls, text: str) -> "CharTokenizer":
+    def fit(cls, text: str) -> CharTokenizer:
         return cls(text)
 
     @property
@@ -44,7 +45,7 @@ class CharTokenizer(Tokenizer):
         return {"kind": self.kind, "chars": "".join(self.chars)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CharTokenizer":
+    def from_dict(cls, data: dict[str, Any]) -> CharTokenizer:
         return cls(data["chars"])
 
     def start_ids(self) -> list[int]:

@@ -1,0 +1,105 @@
+"""Token cache, the fixed text split, truncated-BPTT batches and evaluation batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from generate import sources
+from generate.data import TokenStream, eval_batches, load_corpus, split_for_eval
+from generate.runtime import UserError
+from generate.sources import split_stream
+from tests.conftest import compose_config
+
+
+def text_dataset_cfg(path: Path, cache: Path, *extra: str):
+    cfg = compose_config("config", ["dataset=text", f"dataset.path={path}", f"dataset.cache_dir={cache}", *extra])
+    return cfg.dataset
+
+
+def test_split_is_train_test_val_with_val_last() -> None:
+    ids = list(range(1000))
+    splits = split_stream(ids, val_fraction=0.1, test_fraction=0.05)
+    assert splits["val"] == [ids[900:]]  # nanoGPT's validation split: the last 10%
+    assert splits["test"] == [ids[850:900]]
+    assert splits["train"] == [ids[:850]]
+
+
+def test_cache_is_reused_and_rebuilt_when_source_or_settings_change(small_text: Path, tmp_path: Path, monkeypatch) -> None:
+    builds = []
+    original = sources.SOURCES["text"]
+    monkeypatch.setitem(sources.SOURCES, "text", (original[0], lambda cfg: builds.append(1) or original[1](cfg)))
+    cache = tmp_path / "cache"
+
+    first = load_corpus(text_dataset_cfg(small_text, cache))
+    again = load_corpus(text_dataset_cfg(small_text, cache))
+    assert len(builds) == 1, "the second load must come from the cache"
+    assert again.splits == first.splits and again.tokenizer.to_dict() == first.tokenizer.to_dict()
+
+    load_corpus(text_dataset_cfg(small_text, cache, "dataset.val_fraction=0.2"))
+    assert len(builds) == 2, "changing a tokenization setting must rebuild"
+
+    small_text.write_text(small_text.read_text() + "more text\n")
+    changed = load_corpus(text_dataset_cfg(small_text, cache))
+    assert len(builds) == 3, "changing the source must rebuild"
+    assert sum(map(len, changed.splits["train"] + changed.splits["val"] + changed.splits["test"])) > sum(
+        map(len, first.splits["train"] + first.splits["val"] + first.splits["test"])
+    )
+
+
+def test_damaged_cache_is_rebuilt(small_text: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    load_corpus(text_dataset_cfg(small_text, cache))
+    (cache_file,) = cache.glob("*.pt")
+    cache_file.write_bytes(b"garbage")
+    corpus = load_corpus(text_dataset_cfg(small_text, cache))
+    assert corpus.splits["train"][0]
+
+
+def test_rows_continue_from_batch_to_batch() -> None:
+    tokens = torch.arange(10_000)
+    stream = TokenStream(tokens, batch_size=4, seq_len=16, seed=0)
+    x1, y1, fresh1 = stream.next_batch()
+    x2, y2, fresh2 = stream.next_batch()
+    assert fresh1 and not fresh2
+    assert x1.shape == (4, 16)
+    torch.testing.assert_close(y1, x1 + 1)  # targets are the next tokens
+    torch.testing.assert_close(x2[:, 0], x1[:, -1] + 1)  # row b of batch k+1 continues row b of batch k
+
+
+def test_stream_resumes_exactly_and_wraps_to_a_new_offset() -> None:
+    tokens = torch.arange(2_000)
+    stream = TokenStream(tokens, batch_size=2, seq_len=10, seed=7)
+    for _ in range(150):  # past one pass: rows are ~990 tokens, ~99 batches
+        stream.next_batch()
+    state = stream.state_dict()
+    expected = [stream.next_batch() for _ in range(120)]
+    resumed = TokenStream(tokens, batch_size=2, seq_len=10, seed=7)
+    resumed.load_state_dict(state)
+    for (x, y, fresh), (rx, ry, rfresh) in zip(expected, [resumed.next_batch() for _ in range(120)]):
+        assert torch.equal(x, rx) and torch.equal(y, ry) and fresh == rfresh
+    assert any(fresh for _, _, fresh in expected), "a new pass restarts the hidden state"
+
+
+def test_too_little_data_for_one_window_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="fewer than one training window"):
+        TokenStream(torch.arange(100), batch_size=8, seq_len=32, seed=0)
+
+
+def test_eval_batches_cover_every_token_once() -> None:
+    docs = [[1, 2, 3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    seen = []
+    for windows in eval_batches(docs, batch_size=2, seq_len=3, separator=0):
+        for inputs, targets, mask, _ in windows:
+            assert inputs.shape == targets.shape == mask.shape
+            seen.extend(targets[mask].tolist())
+    assert sorted(seen) == sorted(t for doc in docs for t in doc)  # the separator is context only
+
+
+def test_split_for_eval_cuts_one_stream_into_chunks() -> None:
+    chunks = split_for_eval([list(range(100))], pieces=8)
+    assert sum(chunks, []) == list(range(100)) and len(chunks) <= 8
+    docs = [[1, 2], [3]]
+    assert split_for_eval(docs, pieces=8) == docs
