@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,11 @@ from generate.tokenizers import Tokenizer, tokenizer_from_dict
 
 DEFAULT_RUN = Path("checkpoints") / "shakespeare" / "best.pt"  # relative to where the user runs
 SHIPPED_DEFAULT = PROJECT_ROOT / "checkpoints" / "pretrained" / "shakespeare.pt"
+TMP_SUFFIX = ".tmp"  # atomic_save's temporary files: .<name>.<random>.tmp next to the target
+
+# mkstemp makes 0600 files; a checkpoint gets the mode any other file would (0666 minus the umask).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -26,17 +32,29 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~_UMASK)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete temporary files left by saves that were killed mid-write (SIGKILL skips cleanup).
+
+    Only call this while holding the folder's RunLock: another writer's live temp file looks the same.
+    """
+    stale = [p for p in folder.glob(f".*.pt.*{TMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -53,21 +71,36 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _refusal_reason(err: Exception) -> str:
+    """The line of torch's weights-only refusal that names what was refused.
+
+    torch's message opens with advice to retry with weights_only=False, which is exactly what must
+    not be done with a file from a stranger, so only the specific reason is passed on.
+    """
+    for line in str(err).splitlines():
+        line = line.strip()
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.replace("WeightsUnpickler error: ", "")[:160]
+    return "objects that are not plain data"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint as plain data (weights_only=True: no code in it ever runs)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; train one with `python -m generate.train` or fix the path")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"refused to load {path}: it holds more than plain data ({first_line[:160]}); "
-            "only load checkpoints written by this toolkit"
+            f"refused to load {path}: it is not plain data ({_refusal_reason(err)}), and a checkpoint is "
+            "never allowed to run code; only use checkpoints written by this toolkit"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0][:160]}") from None
+    except Exception as err:  # a truncated or foreign file: zip, pickle and tensor errors of many kinds
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"cannot read checkpoint {path} ({detail}); it is damaged or not a checkpoint") from None
     if not isinstance(ckpt, dict) or not {"model", "model_spec", "tokenizer"} <= ckpt.keys():
         raise UserError(f"{path} is not a checkpoint written by this toolkit (missing model/model_spec/tokenizer)")
     return ckpt
@@ -88,10 +121,20 @@ def resolve_checkpoint(path: str | None) -> tuple[Path, str]:
 
 
 def build_model(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> GRULanguageModel:
-    model = GRULanguageModel(ModelSpec(**ckpt["model_spec"]))
-    model.load_state_dict(ckpt["model"])
+    """The checkpoint's model; a checkpoint whose parts do not fit together is a UserError."""
+    try:
+        model = GRULanguageModel(ModelSpec(**ckpt["model_spec"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"the checkpoint's model does not fit its model_spec ({detail}); it is damaged or foreign") from None
     return model.to(device)
 
 
 def build_tokenizer(ckpt: dict[str, Any]) -> Tokenizer:
-    return tokenizer_from_dict(ckpt["tokenizer"])
+    """The checkpoint's tokenizer; an unknown or malformed one is a UserError."""
+    try:
+        return tokenizer_from_dict(ckpt["tokenizer"])
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"the checkpoint's tokenizer cannot be rebuilt ({detail}); it is damaged or foreign") from None

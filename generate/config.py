@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -25,7 +25,7 @@ class DatasetConfig:
     name: str = "shakespeare"  # also the default run_name
     # Where the raw data comes from: text | midi | bach | scores | benchmark.
     source: str = "text"
-    path: Optional[str] = None  # file or folder, relative to the working directory
+    path: str | None = None  # file or folder, relative to the working directory
     tokenizer: str = "char"  # char | melody | polyphonic | events
     # Split for single-stream text: train | test | val by fraction of the stream, in that order,
     # so val is the last `val_fraction` (nanoGPT's validation split when val_fraction=0.1).
@@ -33,21 +33,21 @@ class DatasetConfig:
     test_fraction: float = 0.05
     # Where token caches go; keyed by a fingerprint of source + tokenizer settings.
     cache_dir: str = "${project_root:}/datasets/.cache"
-    # Music settings (used by the melody / polyphonic / events tokenizers).
-    steps_per_quarter: int = 4
-    min_pitch: int = 21
+    # Music settings (used by the melody / polyphonic / events tokenizers; see generate/music.py).
+    # For source=benchmark, `path` is the .json.gz piano roll under datasets/music/.
+    steps_per_quarter: int = 4  # grid of the melody and polyphonic tokenizers
+    min_pitch: int = 21  # pitch range of the vocabulary (MIDI numbers)
     max_pitch: int = 108
     # Melody extraction: which note wins when an instrument plays a chord.
     monophony: str = "highest"  # highest | lowest
-    split_silence_quarters: float = 4.0  # split a melody at a rest at least this long
+    split_silence_quarters: float = 4.0  # split a melody (or roll) at a rest at least this long
     min_melody_steps: int = 16  # drop fragments shorter than this many grid steps
-    # Transposition: none | c (to C major / A minor) | augment (every key in transpose_range)
+    # Transposition: none | c (to C major / A minor) | augment (training copies in every key within
+    # +-transpose_range semitones; val and test stay as written)
     transpose: str = "none"
-    transpose_range: int = 5  # semitones each way when augmenting
-    num_workers: int = 0  # 0 = one per CPU core for MIDI folders
-    max_files: int = 0  # 0 = no limit (useful for quick looks at huge folders)
-    # Which Boulanger-Lewandowski benchmark file, for source=benchmark.
-    benchmark_file: Optional[str] = None
+    transpose_range: int = 5
+    num_workers: int = 0  # processes tokenizing MIDI/score folders; 0 = one per CPU core
+    max_files: int = 0  # 0 = no limit; else the first N files (chorales; sequences per benchmark split)
 
 
 @dataclass
@@ -93,7 +93,7 @@ class TrainRunConfig:
 
 @dataclass
 class SampleConfig:
-    checkpoint: Optional[str] = None  # None: your default run's best.pt, else the shipped model
+    checkpoint: str | None = None  # None: your default run's best.pt, else the shipped model
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -101,7 +101,7 @@ class SampleConfig:
     num_samples: int = 1
     seed: int = 1337
     prompt: str = ""
-    primer: Optional[str] = None  # a MIDI file to continue (music models)
+    primer: str | None = None  # a MIDI file to continue (music models)
     beam_size: int = 1
     qpm: float = 120.0  # tempo of written music
     out_dir: str = "samples"
@@ -111,13 +111,13 @@ class SampleConfig:
 
 @dataclass
 class EvaluateConfig:
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
     split: str = "test"  # train | val | test
     batch_size: int = 64
     seq_len: int = 256
     device: Device = Device.auto
     # Override where the dataset is read from (e.g. the checkpoint came from another machine).
-    dataset_path: Optional[str] = None
+    dataset_path: str | None = None
 
 
 def register_configs() -> None:

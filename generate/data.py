@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,6 +52,9 @@ def load_corpus(cfg: Any, verbose: bool = True) -> Corpus:
     return corpus
 
 
+IGNORE = -100  # target id that cross_entropy skips (padding after a document's end)
+
+
 def join_documents(docs: list[list[int]], separator: int | None) -> Tensor:
     """Documents → one stream; each document is preceded by the separator when there is one."""
     stream: list[int] = []
@@ -61,8 +65,17 @@ def join_documents(docs: list[list[int]], separator: int | None) -> Tensor:
     return torch.tensor(stream, dtype=torch.long)
 
 
+def training_stream(
+    docs: list[list[int]], separator: int | None, batch_size: int, seq_len: int, seed: int, rank: int = 0, world_size: int = 1
+) -> TokenStream | DocumentStream:
+    """One long text → a TokenStream; a corpus of separate pieces (music) → a DocumentStream."""
+    if len(docs) > 1 and separator is not None:
+        return DocumentStream(docs, separator, batch_size, seq_len, seed, rank, world_size)
+    return TokenStream(join_documents(docs, separator), batch_size, seq_len, seed, rank, world_size)
+
+
 class TokenStream:
-    """Contiguous training batches for truncated BPTT.
+    """Contiguous training batches for truncated BPTT over one long stream (text).
 
     The stream is cut into `batch_size` rows read left to right, `seq_len` tokens per step, so row
     b of batch k+1 continues row b of batch k and the hidden state can be carried between steps.
@@ -107,15 +120,84 @@ class TokenStream:
         self.epoch, self.position = state["epoch"], state["position"]
         self._layout()
 
-    def next_batch(self) -> tuple[Tensor, Tensor, bool]:
-        """→ inputs (B, T), targets (B, T), and whether the hidden state must start afresh."""
+    def next_batch(self) -> tuple[Tensor, Tensor, Tensor]:
+        """→ inputs (B, T), targets (B, T), reset (B,): rows whose hidden state starts afresh."""
         fresh = self.position == 0
         if self.position + self.seq_len + 1 > self.row_len:
             self.epoch, self.position, fresh = self.epoch + 1, 0, True
             self._layout()
         window = self.grid[:, self.position : self.position + self.seq_len + 1]
         self.position += self.seq_len
-        return window[:, :-1], window[:, 1:], fresh
+        return window[:, :-1], window[:, 1:], torch.full((self.batch_size,), fresh)
+
+
+class DocumentStream:
+    """Training batches over separate documents (music pieces), each read from a fresh state.
+
+    Sampling and evaluation start a piece from a zero hidden state and the separator, so training
+    does the same: each row reads one document (separator first) window by window, carrying the
+    state between its windows; when the document ends the row's state is reset and it takes the
+    next document. The last window of a document is padded with IGNORE targets. Documents are
+    dealt to rows in a fresh shuffled order each pass, drawn from `seed`; under DDP each rank takes
+    every world_size-th document of that order. The state is a few integers and resumes exactly.
+    """
+
+    def __init__(
+        self,
+        docs: list[list[int]],
+        separator: int,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.seqs = [torch.tensor([separator, *doc], dtype=torch.long) for doc in docs if doc]
+        if len(self.seqs) < world_size:
+            raise UserError(
+                f"the training split has {len(self.seqs)} piece(s), fewer than the {world_size} processes "
+                "that would share them; use more data or fewer processes"
+            )
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.cursor = 0, 0
+        self.rows = [[-1, 0] for _ in range(batch_size)]  # per row: [document index, next position]
+        self._layout()
+
+    def _layout(self) -> None:
+        order = torch.randperm(len(self.seqs), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        self.order = order[self.rank :: self.world_size].tolist()
+
+    def _next_document(self) -> int:
+        if self.cursor >= len(self.order):
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._layout()
+        self.cursor += 1
+        return self.order[self.cursor - 1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "cursor": self.cursor, "rows": [list(row) for row in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.cursor = state["epoch"], state["cursor"]
+        self.rows = [list(row) for row in state["rows"]]
+        self._layout()
+
+    def next_batch(self) -> tuple[Tensor, Tensor, Tensor]:
+        """→ inputs (B, T), targets (B, T) with IGNORE after a document's end, reset (B,)."""
+        inputs = torch.zeros(self.batch_size, self.seq_len, dtype=torch.long)
+        targets = torch.full((self.batch_size, self.seq_len), IGNORE, dtype=torch.long)
+        reset = torch.zeros(self.batch_size, dtype=torch.bool)
+        for b, row in enumerate(self.rows):
+            if row[0] < 0 or row[1] + 1 >= len(self.seqs[row[0]]):  # no document, or it is used up
+                row[0], row[1] = self._next_document(), 0
+                reset[b] = True
+            seq, pos = self.seqs[row[0]], row[1]
+            window = seq[pos : pos + self.seq_len + 1]  # up to T inputs and their next tokens
+            inputs[b, : len(window) - 1] = window[:-1]
+            targets[b, : len(window) - 1] = window[1:]
+            row[1] = pos + self.seq_len
+        return inputs, targets, reset
 
 
 def eval_batches(

@@ -51,12 +51,24 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) 
     return logits
 
 
-def pick_next(logits: Tensor, cfg: Any, generator: torch.Generator) -> Tensor:
-    """(N, V) logits → (N,) token ids: argmax at temperature 0, else a draw from the filtered softmax."""
+def pick_next(logits: Tensor, cfg: Any, generator: torch.Generator, noise: Tensor | None = None) -> Tensor:
+    """(N, V) logits → (N,) token ids: argmax at temperature 0, else a draw from the filtered softmax.
+
+    The draw is the Gumbel-max trick: argmax(logits / T + g), g = −log E, E ~ Exp(1), is distributed
+    as softmax(logits / T) (torch.multinomial draws one sample the same way), and it lets the noise
+    of many steps be drawn in one call: `noise` (N, V) is one step of it, drawn here when not given.
+    """
     if cfg.temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float(), cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if noise is None:
+        noise = _gumbel(torch.empty(logits.shape, device=logits.device), generator)
+    return (filter_logits(logits.float(), cfg.temperature, cfg.top_k, cfg.top_p) + noise).argmax(-1)
+
+
+def _gumbel(buffer: Tensor, generator: torch.Generator) -> Tensor:
+    """Fill `buffer` with standard Gumbel noise −log E, E ~ Exp(1), in place."""
+    # E = 0 would give +inf noise, which beats even a filtered-out (−inf) token: keep E > 0.
+    return buffer.exponential_(generator=generator).clamp_min_(torch.finfo(buffer.dtype).tiny).log_().neg_()
 
 
 @torch.inference_mode()
@@ -64,18 +76,103 @@ def generate(model: torch.nn.Module, prime: list[int], cfg: Any, device: torch.d
     """Continue `prime` by cfg.length tokens for cfg.num_samples samples at once → (N, length).
 
     The prime is read in one pass; after that each new token is one step of the GRU from the
-    carried hidden state (the prefix is never re-run).
+    carried hidden state (the prefix is never re-run), taken by model.Stepper on preallocated
+    buffers. The Gumbel noise for up to `chunk` steps is drawn in one call, so the same seed gives
+    the same samples. On CUDA each step (GRU and draw) is replayed from a captured CUDA graph.
     """
+    from generate.model import Stepper
+
     model.eval()
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    tokens = torch.tensor(prime, dtype=torch.long, device=device).expand(cfg.num_samples, -1)  # (N, P)
+    # Settings read once: reading a DictConfig attribute costs as much as a small kernel.
+    temperature, top_k, top_p = float(cfg.temperature), int(cfg.top_k), float(cfg.top_p)
+    length, count = int(cfg.length), int(cfg.num_samples)
+    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    tokens = torch.tensor(prime, dtype=torch.long, device=device).expand(count, -1)  # (N, P)
     logits, hidden = model(tokens)  # (N, P, V), (L, N, H)
-    out = torch.empty(cfg.num_samples, cfg.length, dtype=torch.long, device=device)
-    for i in range(cfg.length):
-        out[:, i] = pick_next(logits[:, -1], cfg, generator)
-        if i + 1 < cfg.length:
-            logits, hidden = model(out[:, i : i + 1], hidden)  # one step: (N, 1, V)
-    return out
+    first = logits[:, -1].float()  # (N, V)
+    vocab = first.shape[-1]
+    out = torch.empty(length, count, dtype=torch.long, device=device)  # time-major: out[i] feeds step i + 1
+    greedy = temperature == 0
+    filtering = 0 < top_k < vocab or top_p < 1.0
+    chunk = max(1, min(length, (1 << 20) // (count * vocab)))  # steps of noise per draw (≤ 4 MB)
+    noise = torch.empty(chunk, count, vocab, device=device)  # (S, N, V)
+    noise_rows = noise.unbind(0)  # views: they see every refill
+    scores = torch.empty(count, vocab, device=device)
+
+    def pick(step_logits: Tensor, i: int, into: Tensor, noise_row: Tensor | None = None) -> None:
+        """Write the token drawn at step i into `into` (N,)."""
+        if greedy:
+            torch.argmax(step_logits, -1, out=into)
+            return
+        if noise_row is None:
+            if i % chunk == 0:
+                _gumbel(noise, generator)
+            noise_row = noise_rows[i % chunk]
+        if filtering:
+            torch.add(filter_logits(step_logits, temperature, top_k, top_p), noise_row, out=scores)
+        else:
+            torch.add(noise_row, step_logits, alpha=1.0 / temperature, out=scores)  # logits / T + g
+        torch.argmax(scores, -1, out=into)
+
+    pick(first, 0, out[0])
+    stepper = Stepper(model, hidden)
+    if device.type == "cuda" and length > 1 and _generate_cuda_graph(stepper, pick, out, noise, chunk, greedy, generator):
+        return out.t().contiguous()
+    # A step's largest product is 2·N·H·3H FLOPs; below ~4 MFLOP (batch 1 at H=256 is 0.4) a
+    # parallel region costs more than it saves (and stalls for milliseconds when another process
+    # holds a core), so small steps run on one thread. Measured in bench/sample_speed.py.
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and 6 * count * stepper.hidden_size**2 < 4e6:
+        torch.set_num_threads(1)
+    rows = out.unbind(0)  # views made once: indexing in the loop costs a call per step
+    try:
+        for i in range(1, length):
+            pick(stepper.step(rows[i - 1]), i, rows[i])
+    finally:
+        torch.set_num_threads(threads)
+    return out.t().contiguous()
+
+
+def _generate_cuda_graph(
+    stepper: Any, pick: Any, out: Tensor, noise: Tensor, chunk: int, greedy: bool, generator: torch.Generator
+) -> bool:
+    """Fill out[1:] by replaying one captured step per token; False (nothing changed) if capture fails.
+
+    One step launches ~20 small kernels; replaying them as one graph removes the per-launch CPU
+    cost that otherwise bounds batch-1 sampling on a GPU. The noise is drawn outside the graph
+    (one row copied in per step), so the generator advances exactly as on the eager path.
+    """
+    token = out[0].clone()  # static input and output of the captured step
+    noise_row = torch.zeros_like(noise[0])
+    saved = stepper.hidden.clone()
+
+    def body() -> None:
+        pick(stepper.step(token), 1, token, noise_row)
+
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (cuBLAS workspaces, allocator) off the capture
+            for _ in range(2):
+                body()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            body()
+    except RuntimeError as err:  # capture unsupported here: the eager loop does the same work
+        print(f"note: CUDA graph capture failed ({str(err).splitlines()[0][:120]}); sampling eagerly", file=sys.stderr)
+        stepper.hidden.copy_(saved)
+        return False
+    stepper.hidden.copy_(saved)  # the warm-up steps advanced the state
+    token.copy_(out[0])
+    for i in range(1, out.shape[0]):
+        if not greedy:
+            if i % chunk == 0:
+                _gumbel(noise, generator)
+            noise_row.copy_(noise[i % chunk])
+        graph.replay()
+        out[i].copy_(token)
+    return True
 
 
 def prime_ids(cfg: Any, tokenizer: Tokenizer) -> tuple[list[int], bool]:

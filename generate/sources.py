@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from generate.runtime import UserError
 from generate.tokenizers import CharTokenizer, Tokenizer
@@ -86,3 +87,21 @@ def build_text(cfg: Any) -> Corpus:
 
 
 register_source("text", text_fingerprint, build_text)
+
+
+# ---------------------------------------------------------------- music (generate/music_sources.py)
+
+
+def _music(function: str) -> Callable[[Any], Any]:
+    """A source function from generate.music_sources, imported on first use so text never pays for it."""
+
+    def call(cfg: Any) -> Any:
+        from generate import music_sources
+
+        return getattr(music_sources, function)(cfg)
+
+    return call
+
+
+for _name in ("midi", "scores", "bach", "benchmark"):
+    register_source(_name, _music(f"{_name}_fingerprint"), _music(f"build_{_name}"))

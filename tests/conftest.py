@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from generate.config import CONFIG_DIR, PROJECT_ROOT, register_configs
 
 register_configs()
+# Test models are tiny: one thread each is faster than two fighting for a shared 2-core machine.
+torch.set_num_threads(1)
 
 
 def compose_config(config_name: str, overrides: list[str]):
@@ -44,7 +47,7 @@ def train_overrides(tmp_path: Path, *extra: str) -> list[str]:
 
 def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m generate.<module> args...` as a user types it."""
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", f"generate.{module}", *args],
         capture_output=True,

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from generate import sources
-from generate.data import TokenStream, eval_batches, load_corpus, split_for_eval
+from generate.data import (
+    IGNORE,
+    DocumentStream,
+    TokenStream,
+    eval_batches,
+    load_corpus,
+    split_for_eval,
+    training_stream,
+)
 from generate.runtime import UserError
 from generate.sources import split_stream
 from tests.conftest import compose_config
@@ -63,7 +71,7 @@ def test_rows_continue_from_batch_to_batch() -> None:
     stream = TokenStream(tokens, batch_size=4, seq_len=16, seed=0)
     x1, y1, fresh1 = stream.next_batch()
     x2, y2, fresh2 = stream.next_batch()
-    assert fresh1 and not fresh2
+    assert fresh1.all() and not fresh2.any()
     assert x1.shape == (4, 16)
     torch.testing.assert_close(y1, x1 + 1)  # targets are the next tokens
     torch.testing.assert_close(x2[:, 0], x1[:, -1] + 1)  # row b of batch k+1 continues row b of batch k
@@ -79,8 +87,8 @@ def test_stream_resumes_exactly_and_wraps_to_a_new_offset() -> None:
     resumed = TokenStream(tokens, batch_size=2, seq_len=10, seed=7)
     resumed.load_state_dict(state)
     for (x, y, fresh), (rx, ry, rfresh) in zip(expected, [resumed.next_batch() for _ in range(120)]):
-        assert torch.equal(x, rx) and torch.equal(y, ry) and fresh == rfresh
-    assert any(fresh for _, _, fresh in expected), "a new pass restarts the hidden state"
+        assert torch.equal(x, rx) and torch.equal(y, ry) and torch.equal(fresh, rfresh)
+    assert any(fresh.all() for _, _, fresh in expected), "a new pass restarts the hidden state"
 
 
 def test_too_little_data_for_one_window_is_a_user_error() -> None:
@@ -103,3 +111,42 @@ def test_split_for_eval_cuts_one_stream_into_chunks() -> None:
     assert sum(chunks, []) == list(range(100)) and len(chunks) <= 8
     docs = [[1, 2], [3]]
     assert split_for_eval(docs, pieces=8) == docs
+
+
+def test_documents_start_from_a_fresh_state_with_the_separator_first() -> None:
+    docs = [list(range(10, 10 + n)) for n in (5, 2, 9, 4, 7)]
+    stream = DocumentStream(docs, separator=0, batch_size=2, seq_len=3, seed=1)
+    seen: list[list[int]] = [[], []]
+    pieces: list[list[int]] = []
+    for _ in range(12):
+        inputs, targets, reset = stream.next_batch()
+        for b in range(2):
+            if reset[b]:
+                assert inputs[b, 0] == 0, "a fresh state always begins at the separator"
+                if seen[b]:
+                    pieces.append(seen[b])
+                seen[b] = [0]
+            kept = targets[b][targets[b] != IGNORE].tolist()
+            seen[b].extend(kept)
+            assert inputs[b, 1 : 1 + len(kept) - 1].tolist() == kept[:-1]  # inputs are the targets shifted
+    # Every finished piece is exactly one document, read whole and in order.
+    assert all(piece[1:] in docs for piece in pieces)
+    assert {tuple(p[1:]) for p in pieces} == {tuple(d) for d in docs}  # 24 row-steps > one pass
+
+
+def test_document_stream_resumes_exactly() -> None:
+    docs = [list(range(1, n)) for n in range(3, 40, 3)]
+    stream = DocumentStream(docs, separator=0, batch_size=3, seq_len=4, seed=2)
+    for _ in range(25):
+        stream.next_batch()
+    state = stream.state_dict()
+    expected = [stream.next_batch() for _ in range(30)]
+    resumed = DocumentStream(docs, separator=0, batch_size=3, seq_len=4, seed=2)
+    resumed.load_state_dict(state)
+    for a, b in zip(expected, [resumed.next_batch() for _ in range(30)]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_training_stream_picks_the_layout() -> None:
+    assert isinstance(training_stream([list(range(5000))], None, 2, 8, 0), TokenStream)
+    assert isinstance(training_stream([[1, 2], [3, 4]], 0, 2, 8, 0), DocumentStream)

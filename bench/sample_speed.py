@@ -1,0 +1,134 @@
+"""Sampling tokens/s at batch 1 and 64: ours (generate.sample.generate) vs a plain nn.GRU step loop and a 100-token window re-run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from common import command_line, compose, interleave, measure_peak, median, parse_args, sync, write_results
+
+from generate.model import GRULanguageModel, ModelSpec
+from generate.sample import generate
+
+EMBED, VOCAB, WINDOW = 128, 65, 100
+
+
+def make_model(layers: int, hidden: int, reset_after: bool, device: torch.device) -> GRULanguageModel:
+    torch.manual_seed(0)
+    return GRULanguageModel(ModelSpec(VOCAB, EMBED, hidden, layers, dropout=0.1, reset_after=reset_after)).to(device).eval()
+
+
+def plain_step_loop(model: GRULanguageModel, batch: int, length: int, device: torch.device) -> Callable[[], float]:
+    """A variant (s/token): model(token, state) one step at a time, softmax, multinomial, as people write it."""
+
+    @torch.inference_mode()
+    def run() -> float:
+        model.fused = False  # torch's own modules: nn.GRU (or the seed GRU's reference loop)
+        generator = torch.Generator(device=device).manual_seed(0)
+        token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        hidden = None
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(length):
+            logits, hidden = model(token, hidden)  # (N, 1, V)
+            probs = torch.softmax(logits[:, -1] / 1.0, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator)  # (N, 1)
+        sync(device)
+        model.fused = True
+        return (time.perf_counter() - start) / length
+
+    return run
+
+
+def window_rerun(model: GRULanguageModel, batch: int, length: int, device: torch.device) -> Callable[[], float]:
+    """A variant (s/token): every new token re-reads the last 100 tokens from a zero state (no carried state)."""
+
+    @torch.inference_mode()
+    def run() -> float:
+        model.fused = False
+        generator = torch.Generator(device=device).manual_seed(0)
+        history = torch.randint(VOCAB, (batch, WINDOW), device=device)  # a full window from the start
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(length):
+            logits, _ = model(history[:, -WINDOW:])  # (N, 100, V): the whole window, every token
+            probs = torch.softmax(logits[:, -1], dim=-1)
+            history = torch.cat([history, torch.multinomial(probs, 1, generator=generator)], dim=1)
+        sync(device)
+        model.fused = True
+        return (time.perf_counter() - start) / length
+
+    return run
+
+
+def ours(model: GRULanguageModel, batch: int, length: int, device: torch.device, temperature: float = 1.0) -> Callable[[], float]:
+    """A variant (s/token): generate.sample.generate with a composed sample config (1-token prime)."""
+    cfg = compose("sample", [f"length={length}", f"num_samples={batch}", f"temperature={temperature}", "seed=1"])
+
+    def run() -> float:
+        sync(device)
+        start = time.perf_counter()
+        generate(model, [0], cfg, device)
+        sync(device)
+        return (time.perf_counter() - start) / length
+
+    return run
+
+
+def main() -> None:
+    def extra(parser: Any) -> None:
+        parser.add_argument("--hidden", type=int, default=256)
+        parser.add_argument("--layers", type=int, default=2)
+
+    args = parse_args(__doc__, extra)
+    device = torch.device(args.device)
+    rows = []
+    batches = [1] if args.quick else [1, 64]
+    forms = [True] if args.quick else [True, False]
+    for reset_after in forms:
+        model = make_model(args.layers, args.hidden, reset_after, device)
+        form = "nn.GRU form" if reset_after else "seed form"
+        for batch in batches:
+            length = 400 if batch == 1 else 100
+            if args.quick:
+                length //= 4
+            window_length = max(4, length // 20)  # ~100x the work per token: fewer tokens
+            variants = {
+                "plain step loop (model per token, multinomial)": plain_step_loop(model, batch, length, device),
+                f"re-run a {WINDOW}-token window per token": window_rerun(model, batch, window_length, device),
+                "ours: generate.sample.generate": ours(model, batch, length, device),
+                "ours, greedy (temperature=0)": ours(model, batch, length, device, temperature=0.0),
+            }
+            print(f"{form}, batch {batch}: {args.repeats} interleaved rounds ...", flush=True)
+            results = interleave(variants, args.repeats)
+            plain = median(results["plain step loop (model per token, multinomial)"])
+            for name, fn in variants.items():
+                per_token = median(results[name])
+                memory = measure_peak(fn, device)
+                rows.append(
+                    {
+                        "form": form,
+                        "batch": batch,
+                        "variant": name,
+                        "tokens/s": batch / per_token,
+                        "µs per step": per_token * 1e6,
+                        "vs plain step loop": plain / per_token,
+                        "peak MiB": memory["peak_cuda_mib"] if device.type == "cuda" else memory["peak_cpu_mib"],
+                        "rounds s/token": [round(x, 7) for x in results[name]],
+                    }
+                )
+    columns = ["form", "batch", "variant", "tokens/s", "µs per step", "vs plain step loop", "peak MiB"]
+    notes = [
+        f"Model: {args.layers} x {args.hidden} GRU, embedding {EMBED}, vocabulary {VOCAB}; temperature 1 unless noted; "
+        "a step = one new token for each of the `batch` sequences.",
+        "The plain loop and the window re-run use torch's modules (model.fused = False: nn.GRU, or the seed GRU's "
+        "reference loop) under torch.inference_mode.",
+        f"GPU figures: {'measured here' if device.type == 'cuda' else 'not measured (no GPU on this machine)'}.",
+    ]
+    write_results("sample_speed", command_line(), {f"Sampling ({args.device})": (rows, columns)}, {"notes": notes})
+
+
+if __name__ == "__main__":
+    main()

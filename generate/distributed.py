@@ -1,0 +1,121 @@
+"""torchrun support: which rank this process is, and the few collectives training needs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from generate.runtime import UserError
+
+T = TypeVar("T")
+
+# The other ranks wait in a collective while rank 0 tokenizes the dataset; a big MIDI folder can
+# take longer than NCCL's default 10 minutes.
+COLLECTIVE_TIMEOUT = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job; rank 0 of world size 1 when not launched by torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the torchrun job (NCCL on CUDA, gloo on CPU) → (Dist, this rank's device).
+
+    torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them, or
+    with a world of one, this is a plain single process and no process group is created.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Dist(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(
+                f"local rank {local_rank} has no GPU (this node has {torch.cuda.device_count()}); "
+                "set torchrun's --nproc_per_node to at most the number of GPUs per node"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    return Dist(rank, world_size, local_rank), device
+
+
+def close_distributed(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _broadcast(obj: Any) -> Any:
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def main_only(d: Dist, fn: Callable[[], T]) -> T:
+    """fn() on rank 0 alone; its result, or its error, reaches every rank.
+
+    Without this, an error on rank 0 (a held lock, a missing last.pt) would leave the other
+    ranks waiting in their next collective until the process-group timeout.
+    """
+    if not d.enabled:
+        return fn()
+    if d.is_main:
+        try:
+            result = fn()
+        except UserError as err:
+            _broadcast(("error", str(err)))
+            raise
+        except BaseException as err:
+            _broadcast(("error", f"rank 0 failed: {type(err).__name__}: {err}"))
+            raise
+        _broadcast(("ok", result))
+        return result
+    status, value = _broadcast(None)
+    if status == "error":
+        raise UserError(value)
+    return value
+
+
+def main_first(d: Dist, fn: Callable[[], T]) -> T:
+    """fn() on rank 0, then on the others (rank 0 alone fills a cache that the others then read)."""
+    if not d.enabled:
+        return fn()
+    held: list[T] = []
+    main_only(d, lambda: held.append(fn()))
+    return held[0] if d.is_main else fn()
+
+
+def all_gather(d: Dist, obj: T) -> list[T]:
+    """Every rank's `obj` (CPU tensors / plain data), in rank order, on every rank."""
+    if not d.enabled:
+        return [obj]
+    out: list[Any] = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(d: Dist, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over ranks, in place (a no-op in a single process)."""
+    if d.enabled:
+        dist.all_reduce(tensor)
+    return tensor

@@ -1,0 +1,111 @@
+"""Monophonic melodies on a grid of `steps_per_quarter` steps: one token per step (NOTE_ON, NOTE_OFF or HOLD)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from generate.tokenizers import register
+from generate.tokenizers.notes import MusicTokenizer, Note, Piece, make_monophonic, to_steps
+
+
+@register
+class MelodyTokenizer(MusicTokenizer):
+    """Vocabulary: 0 SEP (between pieces), 1 NOTE_OFF, 2 HOLD, then NOTE_ON(p) for p in min..max pitch.
+
+    Every grid step is exactly one token: NOTE_ON starts a note (ending any sounding one), NOTE_OFF
+    ends the sounding note, HOLD keeps what the previous step had (a note or a rest).
+
+    Decoding rule for any id sequence (it never raises):
+    - SEP ends any sounding note and takes no time (a leading SEP is the usual start);
+    - NOTE_OFF with nothing sounding is a rest step; HOLD with nothing sounding (e.g. first) is a rest;
+    - an id outside the vocabulary counts as HOLD;
+    - a note still sounding at the end lasts to the end of the sequence.
+    """
+
+    kind: ClassVar[str] = "melody"
+    NOTE_OFF: ClassVar[int] = 1
+    HOLD: ClassVar[int] = 2
+    FIRST_PITCH: ClassVar[int] = 3
+
+    def __init__(self, min_pitch: int = 21, max_pitch: int = 108, steps_per_quarter: int = 4, monophony: str = "highest"):
+        super().__init__(min_pitch, max_pitch)
+        self.steps_per_quarter = int(steps_per_quarter)
+        self.monophony = monophony
+
+    @property
+    def vocab_size(self) -> int:
+        return self.FIRST_PITCH + self.num_pitches
+
+    def note_on(self, pitch: int) -> int:
+        if not self.in_range(pitch):
+            raise ValueError(f"pitch {pitch} is outside {self.min_pitch}..{self.max_pitch}")
+        return self.FIRST_PITCH + pitch - self.min_pitch
+
+    def encode(self, item: Piece) -> list[int]:
+        """A monophonic piece in quarter notes → one token per grid step (overlaps cut by `monophony`)."""
+        line = make_monophonic(to_steps(item.notes, self.steps_per_quarter), self.monophony)
+        length = max([round(item.duration * self.steps_per_quarter)] + [end for _, end, _, _ in line])
+        tokens = [self.HOLD] * length
+        sounding_until = None  # the step the previous note ends at
+        for start, end, pitch, _ in line:
+            if sounding_until is not None and sounding_until < start:
+                tokens[sounding_until] = self.NOTE_OFF
+            tokens[start] = self.note_on(pitch)
+            sounding_until = end
+        if sounding_until is not None and sounding_until < length:
+            tokens[sounding_until] = self.NOTE_OFF
+        return tokens
+
+    def decode(self, ids: Sequence[int]) -> Piece:
+        spq = self.steps_per_quarter
+        notes: list[Note] = []
+        step, current = 0, None  # current: (pitch, start step) of the sounding note
+
+        def close() -> None:
+            nonlocal current
+            if current is not None:
+                notes.append(Note(current[0], current[1] / spq, step / spq))
+                current = None
+
+        for token in ids:
+            token = int(token)
+            if token == self.SEP:
+                close()
+                continue
+            if token == self.NOTE_OFF:
+                close()
+            elif self.FIRST_PITCH <= token < self.vocab_size:
+                close()
+                current = (token - self.FIRST_PITCH + self.min_pitch, step)
+            step += 1  # HOLD and unknown ids just let time pass
+        close()
+        return Piece(notes, step / spq)
+
+    def piece_from_notes(self, notes: list[Note], duration: float) -> Piece:
+        # A primer may be a chord-laden file: it becomes one line by the dataset's monophony rule.
+        spq = self.steps_per_quarter
+        line = make_monophonic(to_steps(notes, spq), self.monophony)
+        return Piece([Note(p, s / spq, e / spq, v) for s, e, p, v in line], duration)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "min_pitch": self.min_pitch,
+            "max_pitch": self.max_pitch,
+            "steps_per_quarter": self.steps_per_quarter,
+            "monophony": self.monophony,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MelodyTokenizer:
+        return cls(data["min_pitch"], data["max_pitch"], data["steps_per_quarter"], data.get("monophony", "highest"))
+
+    def token_name(self, token_id: int) -> str:
+        if token_id == self.SEP:
+            return "SEP"
+        if token_id == self.NOTE_OFF:
+            return "NOTE_OFF"
+        if token_id == self.HOLD:
+            return "HOLD"
+        return f"NOTE_ON({token_id - self.FIRST_PITCH + self.min_pitch})"
