@@ -121,14 +121,14 @@ def resolve_checkpoint(path: str | None) -> tuple[Path, str]:
 
 
 def build_model(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> GRULanguageModel:
-    """The checkpoint's model; a checkpoint whose parts do not fit together is a UserError."""
+    """The checkpoint's model in eval mode (for inference); parts that do not fit are a UserError."""
     try:
         model = GRULanguageModel(ModelSpec(**ckpt["model_spec"]))
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise UserError(f"the checkpoint's model does not fit its model_spec ({detail}); it is damaged or foreign") from None
-    return model.to(device)
+    return model.to(device).eval()
 
 
 def build_tokenizer(ckpt: dict[str, Any]) -> Tokenizer:

@@ -120,6 +120,33 @@ class EvaluateConfig:
     dataset_path: str | None = None
 
 
+@dataclass
+class ExportConfig:
+    checkpoint: str | None = None  # a training checkpoint (last.pt / best.pt)
+    out: str | None = None  # where to write the stripped copy
+    dtype: str = "float16"  # float32 | float16 | bfloat16: storage type of the weights
+
+
+@dataclass
+class QualityConfig:
+    """python -m generate.quality: how close a music model's samples are to held-out music."""
+
+    checkpoint: str | None = None
+    split: str = "test"  # held-out pieces to compare with
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    length: int = 256  # tokens per generated piece
+    num_samples: int = 64
+    seed: int = 1337
+    device: Device = Device.cpu
+    out: str | None = None  # also write the figures as JSON here
+    # check_settings() reads these sample settings too.
+    prompt: str = ""
+    primer: str | None = None
+    beam_size: int = 1
+
+
 def register_configs() -> None:
     """Make the dataclasses the schema of the YAML files under conf/."""
     from omegaconf import OmegaConf
@@ -133,6 +160,8 @@ def register_configs() -> None:
     cs.store(group="train", name="train_schema", node=TrainConfig)
     cs.store(name="sample_schema", node=SampleConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="quality_schema", node=QualityConfig)
 
 
 def to_plain(cfg: Any) -> dict:

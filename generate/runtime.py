@@ -63,7 +63,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
         sys.exit(2)
 
 
-_MODULES = {"config": "train", "sample": "sample", "evaluate": "evaluate"}
+_MODULES = {"config": "train", "sample": "sample", "evaluate": "evaluate", "export": "export", "quality": "quality"}
 
 
 def hydra_entry(task: Callable[[Any], Any], config_name: str) -> Callable[[], None]:

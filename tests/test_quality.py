@@ -1,0 +1,49 @@
+"""Music sample-quality figures: histograms, distances, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from generate.quality import histograms, quality, total_variation
+from generate.runtime import UserError
+from generate.tokenizers.notes import Note, Piece
+from generate.train import train
+from tests.conftest import compose_config, train_overrides
+from tests.music_helpers import write_songs
+
+
+def test_histograms_count_pitch_classes_intervals_and_lengths() -> None:
+    # C4 quarter, E4 eighth, C5 half: pitch classes C, E, C; intervals +4, +8; lengths 4, 2, 8 sixteenths.
+    piece = Piece([Note(60, 0.0, 1.0), Note(64, 1.0, 1.5), Note(72, 1.5, 3.5)])
+    h = histograms([piece])
+    assert h["pitch_class"][0] == pytest.approx(2 / 3) and h["pitch_class"][4] == pytest.approx(1 / 3)
+    assert h["interval"][12 + 4] == pytest.approx(0.5) and h["interval"][12 + 8] == pytest.approx(0.5)
+    assert [round(float(h["note_length"][i]), 3) for i in (1, 3, 7)] == [0.333, 0.333, 0.333]
+    for dist in h.values():
+        assert float(dist.sum()) == pytest.approx(1.0)
+
+
+def test_total_variation_bounds() -> None:
+    p, q = torch.tensor([0.5, 0.5, 0.0]), torch.tensor([0.0, 0.0, 1.0])
+    assert total_variation(p, p) == 0.0 and total_variation(p, q) == 1.0
+
+
+def test_quality_end_to_end_on_a_melody_model(tmp_path: Path) -> None:
+    write_songs(tmp_path / "music", 8)
+    train(compose_config("config", train_overrides(tmp_path, "dataset=midi", f"dataset.path={tmp_path / 'music'}", "dataset.num_workers=1")))
+    out = tmp_path / "quality.json"
+    ckpt = tmp_path / "checkpoints" / "midi" / "best.pt"
+    result = quality(compose_config("quality", [f"checkpoint={ckpt}", "num_samples=4", "length=64", f"out={out}"]))
+    assert json.loads(out.read_text()) == result
+    for name in ("pitch_class", "interval", "note_length"):
+        assert 0.0 <= result["generated_vs_held_out"][name] <= 1.0
+        assert 0.0 <= result["val_vs_held_out"][name] <= 1.0
+
+
+def test_quality_refuses_text_models(text_checkpoint: Path) -> None:
+    with pytest.raises(UserError, match="text model"):
+        quality(compose_config("quality", [f"checkpoint={text_checkpoint}"]))
