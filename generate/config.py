@@ -170,4 +170,17 @@ def to_plain(cfg: Any) -> dict:
 
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     assert isinstance(plain, dict)
-    return plain
+    return portable_paths(plain)
+
+
+def portable_paths(value: Any) -> Any:
+    """Paths inside this project written as ${project_root:}/..., so a checkpoint still finds the
+    bundled data when the project is cloned somewhere else."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(v) for v in value]
+    root = str(PROJECT_ROOT)
+    if isinstance(value, str) and (value == root or value.startswith(root + "/")):
+        return "${project_root:}" + value[len(root):]
+    return value

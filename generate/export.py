@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from generate.checkpoint import atomic_save, build_model, load_checkpoint
+from generate.config import portable_paths
 from generate.runtime import UserError, hydra_entry
 
 # Everything sample/evaluate read; optimizer, scheduler, data position, RNG and carried state are dropped.
@@ -27,7 +28,10 @@ def export(cfg: Any) -> Path:
     build_model(ckpt)  # refuse to export anything that would not load back
     dtype = DTYPES[cfg.dtype]
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    atomic_save({"model": weights, **{k: ckpt[k] for k in KEPT_KEYS if k in ckpt}}, target)
+    kept = {k: ckpt[k] for k in KEPT_KEYS if k in ckpt}
+    if "config" in kept:
+        kept["config"] = portable_paths(kept["config"])  # checkpoints from before paths were portable
+    atomic_save({"model": weights, **kept}, target)
     size_mb = target.stat().st_size / 1e6
     print(f"wrote {target} ({size_mb:.1f} MB, {cfg.dtype} weights; training state dropped)")
     return target

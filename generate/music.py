@@ -99,6 +99,9 @@ def read_midi(path: Path) -> Any:
     with warnings.catch_warnings():  # pretty_midi warns about harmless quirks of many real files
         warnings.simplefilter("ignore")
         data = mido.MidiFile(filename=str(path), charset="latin1")
+        # pretty_midi fails on a track with no events at all ("max() arg is an empty sequence");
+        # such tracks carry nothing, so the rest of the file is still worth reading.
+        data.tracks = [track for track in data.tracks if len(track)] or data.tracks[:1]
         last_tick = max((sum(msg.time for msg in track) for track in data.tracks), default=0)
         if last_tick >= pretty_midi.pretty_midi.MAX_TICK and data.ticks_per_beat > SAFE_RESOLUTION:
             _retime(data, SAFE_RESOLUTION)

@@ -1,0 +1,32 @@
+"""The typed config: defaults, schema checks, and portable paths in saved configs."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from generate.config import PROJECT_ROOT, to_plain
+from tests.conftest import compose_config
+
+
+def test_default_run_is_tiny_shakespeare_with_model_small() -> None:
+    cfg = compose_config("config", [])
+    assert cfg.dataset.name == "shakespeare" and cfg.run_name == "shakespeare"
+    assert cfg.dataset.path == f"{PROJECT_ROOT}/datasets/tinyshakespeare.txt"
+    assert cfg.model == compose_config("config", ["model=small"]).model
+
+
+@pytest.mark.parametrize("override", ["model.hiden_size=3", "train.max_steps=lots", "train.device=gpu", "nokey=1"])
+def test_typos_and_wrong_types_fail_at_composition(override: str) -> None:
+    with pytest.raises(ConfigCompositionException):
+        compose_config("config", [override])
+
+
+def test_saved_configs_store_project_paths_portably() -> None:
+    plain = to_plain(compose_config("config", []))
+    assert plain["dataset"]["path"] == "${project_root:}/datasets/tinyshakespeare.txt"
+    assert plain["dataset"]["cache_dir"] == "${project_root:}/datasets/.cache"
+    # Read back (as evaluate does), the placeholder resolves to wherever the project is now.
+    assert OmegaConf.create(plain["dataset"]).path == f"{PROJECT_ROOT}/datasets/tinyshakespeare.txt"
+    assert to_plain(compose_config("config", ["dataset=text", "dataset.path=/data/x.txt"]))["dataset"]["path"] == "/data/x.txt"
