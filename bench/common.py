@@ -84,9 +84,15 @@ def median(values: Sequence[float]) -> float:
 
 
 def matmul_rate(device: torch.device | str = "cpu", size: int = 2048, calls: int = 3) -> Callable[[], float]:
-    """A variant for interleave(): GFLOP/s of a (size x size) @ (size x size) float32 product (median of calls)."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    """A variant for interleave(): GFLOP/s of a (size x size) @ (size x size) product (median of calls).
+
+    float32 on the CPU; on CUDA bf16 (what training under autocast multiplies in) and size 8192.
+    """
+    cuda = torch.device(device).type == "cuda"
+    size = 8192 if cuda else size
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     flops = 2 * size**3
 
     def run() -> float:
@@ -210,6 +216,11 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def run_tag(device: str = "cpu") -> str:
+    """Part of every result file's name: the thread count (CPU), so runs at 1 and 2 threads sit side by side."""
+    return "cuda" if device == "cuda" else f"{torch.get_num_threads()}threads"
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def fmt(value: Any) -> str:
         if isinstance(value, float):
@@ -225,9 +236,16 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, command: str, tables: dict[str, tuple[list[dict[str, Any]], list[str]]], extra: dict[str, Any] | None = None) -> Path:
+def write_results(
+    name: str,
+    command: str,
+    tables: dict[str, tuple[list[dict[str, Any]], list[str]]],
+    extra: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> Path:
     """bench/results/<name>.json (everything) and <name>.md (the tables, the machine, the command)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"{name}-{run_tag(device)}"
     info = machine()
     payload = {"command": command, "machine": info, "tables": {k: rows for k, (rows, _) in tables.items()}, **(extra or {})}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
@@ -312,3 +330,12 @@ def bare_loop(
         return (time.perf_counter() - start) / steps
 
     return run
+
+
+def fraction_of_rate(step_seconds: list[float], rates: list[float], flops_per_step: float) -> float:
+    """Median over rounds of (achieved FLOP/s ÷ the matmul rate measured in the same round).
+
+    Pairing each round's step time with that round's matmul rate cancels most of the load
+    changes between rounds, which the ratio of two separate medians does not.
+    """
+    return median([flops_per_step / t / 1e9 / r for t, r in zip(step_seconds, rates, strict=True)])

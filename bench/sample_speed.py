@@ -77,6 +77,73 @@ def ours(model: GRULanguageModel, batch: int, length: int, device: torch.device,
     return run
 
 
+def products_only(model: GRULanguageModel, batch: int, length: int, device: torch.device) -> Callable[[], float]:
+    """A variant (s/step): only the matrix products of one Stepper step (same weights, same layout).
+
+    Everything else in a step (lookups, gates, the draw) removed: what the weight reads alone
+    cost. At batch 1 these read every weight matrix once per token, so this is the floor of
+    any step written with float32 products, ours or the plain loop's.
+    """
+    from generate.model import Stepper
+
+    @torch.inference_mode()
+    def run() -> float:
+        stepper = Stepper(model, model.init_hidden(batch, device))
+        h, x, gh = stepper.states, stepper.states[0], stepper.gh
+        products = []  # (bias, left, weight^T, out): what Stepper.step multiplies, in its order
+        for layer, (bias, w_ih_t, w_a, w_b) in enumerate(stepper.layers):
+            if layer > 0:
+                products.append((bias, x, w_ih_t, stepper.gi))
+            if stepper.reset_after:
+                products.append((w_b, h[layer], w_a, gh))
+            else:
+                products.append((bias[: 2 * stepper.hidden_size], h[layer], w_a, stepper.gh_rz))
+                products.append((bias[2 * stepper.hidden_size :], h[layer], w_b, stepper.gh_n))
+        products.append((stepper.head_b, h[-1], stepper.head_w_t, stepper.logits))
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(length):
+            for bias, left, weight_t, out in products:
+                torch.addmm(bias, left, weight_t, out=out)
+        sync(device)
+        return (time.perf_counter() - start) / length
+
+    return run
+
+
+def forward_no_grad(model: GRULanguageModel, batch: int, steps: int, path: str, device: torch.device) -> Callable[[], float]:
+    """A variant (s/call): model(tokens) without gradients on one path: "fused" (ours) or "nn.GRU"."""
+    tokens = torch.randint(VOCAB, (batch, steps), device=device)
+
+    @torch.inference_mode()
+    def run() -> float:
+        model.fused = path == "fused"
+        model.FUSED_MIN_STEPS_NO_GRAD = 0  # take the asked-for path whatever the length
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(max(1, 64 // steps)):
+            model(tokens)
+        sync(device)
+        model.fused = True
+        del model.FUSED_MIN_STEPS_NO_GRAD  # back to the class's threshold
+        return (time.perf_counter() - start) / max(1, 64 // steps)
+
+    return run
+
+
+def crossover_rows(layers: int, hidden: int, repeats: int, device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    """Where the fused path starts to beat nn.GRU without gradients (GRULanguageModel.FUSED_MIN_STEPS_NO_GRAD)."""
+    model = make_model(layers, hidden, True, device)
+    rows = []
+    for batch in (1, 64):
+        for steps in ((1, 64) if quick else (1, 4, 16, 64, 256)):
+            results = interleave({p: forward_no_grad(model, batch, steps, p, device) for p in ("nn.GRU", "fused")}, repeats)
+            torch_s, ours_s = median(results["nn.GRU"]), median(results["fused"])
+            rows.append({"batch": batch, "steps (T)": steps, "nn.GRU ms/call": torch_s * 1e3, "fused ms/call": ours_s * 1e3,
+                         "fused speed vs nn.GRU": torch_s / ours_s})
+    return rows
+
+
 def main() -> None:
     def extra(parser: Any) -> None:
         parser.add_argument("--hidden", type=int, default=256)
@@ -100,6 +167,7 @@ def main() -> None:
                 f"re-run a {WINDOW}-token window per token": window_rerun(model, batch, window_length, device),
                 "ours: generate.sample.generate": ours(model, batch, length, device),
                 "ours, greedy (temperature=0)": ours(model, batch, length, device, temperature=0.0),
+                "floor: the step's matrix products alone": products_only(model, batch, length, device),
             }
             print(f"{form}, batch {batch}: {args.repeats} interleaved rounds ...", flush=True)
             results = interleave(variants, args.repeats)
@@ -119,6 +187,8 @@ def main() -> None:
                         "rounds s/token": [round(x, 7) for x in results[name]],
                     }
                 )
+    print("model.forward without gradients: fused vs nn.GRU ...", flush=True)
+    crossover = crossover_rows(args.layers, args.hidden, args.repeats, device, args.quick) if device.type == "cpu" else []
     columns = ["form", "batch", "variant", "tokens/s", "µs per step", "vs plain step loop", "peak MiB"]
     notes = [
         f"Model: {args.layers} x {args.hidden} GRU, embedding {EMBED}, vocabulary {VOCAB}; temperature 1 unless noted; "
@@ -127,7 +197,12 @@ def main() -> None:
         "reference loop) under torch.inference_mode.",
         f"GPU figures: {'measured here' if device.type == 'cuda' else 'not measured (no GPU on this machine)'}.",
     ]
-    write_results("sample_speed", command_line(), {f"Sampling ({args.device})": (rows, columns)}, {"notes": notes})
+    tables = {f"Sampling ({args.device})": (rows, columns)}
+    if crossover:
+        tables["model.forward without gradients (prime pass, beam-search step, evaluation): nn.GRU form, fused vs nn.GRU"] = (
+            crossover, list(crossover[0])
+        )
+    write_results("sample_speed", command_line(), tables, {"notes": notes}, device=args.device)
 
 
 if __name__ == "__main__":

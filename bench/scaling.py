@@ -11,10 +11,12 @@ from common import (
     bare_loop,
     command_line,
     compose,
+    fraction_of_rate,
     interleave,
     matmul_rate,
     median,
     parse_args,
+    run_tag,
     sync,
     training_flops_per_token,
     write_results,
@@ -49,7 +51,8 @@ def training_point(hidden: int, batch: int, steps: int, repeats: int, device: to
         tokens_s = batch * SEQ / per_step
         rows.append(
             {"hidden": hidden, "batch": batch, "variant": name, "tokens/s": tokens_s,
-             "fraction of matmul rate": tokens_s * flops_token / 1e9 / rate, "matmul GFLOP/s": rate}
+             "fraction of matmul rate": fraction_of_rate(results[name], results["matmul"], flops_token * batch * SEQ),
+             "matmul GFLOP/s": rate}
         )
     return rows
 
@@ -85,7 +88,7 @@ def sampling_curve(lengths: list[int], repeats: int, device: torch.device) -> li
     ]
 
 
-def plot(hidden_rows: list[dict[str, Any]], batch_rows: list[dict[str, Any]], length_rows: list[dict[str, Any]]) -> None:
+def plot(hidden_rows: list[dict[str, Any]], batch_rows: list[dict[str, Any]], length_rows: list[dict[str, Any]], device: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,7 +101,8 @@ def plot(hidden_rows: list[dict[str, Any]], batch_rows: list[dict[str, Any]], le
             points = [(r[key], r["tokens/s"]) for r in rows if r["variant"] == variant]
             ax.plot(*zip(*points, strict=True), style, label=variant)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if key == "hidden":  # tokens/s falls ~30x from 128 to 1024
+            ax.set_yscale("log")
         ax.set_xlabel(f"{key} size")
         ax.set_ylabel("tokens/s")
         ax.set_title(f"{LAYERS}-layer GRU {title}")
@@ -119,7 +123,7 @@ def plot(hidden_rows: list[dict[str, Any]], batch_rows: list[dict[str, Any]], le
     axes[2].legend()
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / "scaling.png", dpi=100)
+    fig.savefig(RESULTS / f"scaling-{run_tag(device)}.png", dpi=100)
     plt.close(fig)
 
 
@@ -139,7 +143,7 @@ def main() -> None:
         batch_rows += training_point(256, batch, steps, args.repeats, device)
     print("sampling lengths ...", flush=True)
     length_rows = sampling_curve(lengths, args.repeats, device)
-    plot(hidden_rows, batch_rows, length_rows)
+    plot(hidden_rows, batch_rows, length_rows, args.device)
     columns = ["hidden", "batch", "variant", "tokens/s", "fraction of matmul rate", "matmul GFLOP/s"]
     tables = {
         f"Training tokens/s vs hidden size ({LAYERS} layers, batch 64, seq_len {SEQ})": (hidden_rows, columns),
@@ -149,11 +153,11 @@ def main() -> None:
         ),
     }
     notes = [
-        "Plot: bench/results/scaling.png. Training points are bare loops (forward, loss, backward, clip, AdamW), "
-        "median of interleaved rounds with the matmul rate (float32 2048^3) measured in the same rounds.",
+        f"Plot: bench/results/scaling-{run_tag(args.device)}.png. Training points are bare loops (forward, loss, backward, clip, AdamW), "
+        "median of interleaved rounds; the fraction of the matmul rate (float32 2048^3) pairs each round with the matmul measured in that round.",
         f"GPU figures: {'measured here' if device.type == 'cuda' else 'not measured (no GPU on this machine)'}.",
     ]
-    write_results("scaling", command_line(), tables, {"notes": notes})
+    write_results("scaling", command_line(), tables, {"notes": notes}, device=args.device)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import torch
 from common import (
     bare_loop,
     command_line,
+    fraction_of_rate,
     interleave,
     matmul_rate,
     measure_peak,
@@ -140,7 +141,7 @@ def main() -> None:
                 "variant": name,
                 "tokens/s": BATCH * SEQ / per_step,
                 "vs torch nn.GRU": base / per_step,
-                "fraction of matmul rate": flops_step / per_step / 1e9 / rate,
+                "fraction of matmul rate": fraction_of_rate(results[name], results["matmul"], flops_step),
                 "peak MiB": memory["peak_cuda_mib"] if device.type == "cuda" else memory["peak_cpu_mib"],
                 "rounds s/step": [round(x, 4) for x in results[name]],
             }
@@ -170,7 +171,7 @@ def main() -> None:
         "All variants run the same bare training loop (forward, cross-entropy, backward, clip, AdamW).",
         f"GPU figures: {'measured here' if device.type == 'cuda' else 'not measured (no GPU on this machine)'}.",
     ]
-    write_results(f"seed_form_{layers}x{hidden}", command_line(), tables, {"notes": notes, "matmul_gflops": rate})
+    write_results(f"seed_form_{layers}x{hidden}", command_line(), tables, {"notes": notes, "matmul_gflops": rate}, device=args.device)
 
 
 if __name__ == "__main__":

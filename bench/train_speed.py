@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from common import (
     bare_loop,
     command_line,
     compose,
+    fraction_of_rate,
     interleave,
     matmul_rate,
     measure_peak,
@@ -83,7 +85,7 @@ def trainer_run(layers: int, hidden: int, steps: int, device: torch.device, work
                 f"dataset.cache_dir={workdir / 'cache'}",
                 "dataset.val_fraction=0.01",  # a short final evaluation: it is not timed, only waited for
                 "dataset.test_fraction=0.01",
-                f"run_name=run{next(counter)}",
+                f"run_name=run{layers}x{hidden}-{next(counter)}",
             ],
         )
         generate.data.TokenStream.next_batch = stamped  # type: ignore[method-assign]
@@ -100,28 +102,34 @@ def trainer_run(layers: int, hidden: int, steps: int, device: torch.device, work
 
 def matmul_breakdown(model: nn.Module, device: torch.device, flops_per_step: float, square_rate: float) -> dict[str, Any]:
     """Profile two training steps: the share of time in matrix products and the rate they run at."""
-    run = bare_loop(model, 2, device, BATCH, SEQ, VOCAB)
+    steps = 2
+    run = bare_loop(model, steps, device, BATCH, SEQ, VOCAB, warm_steps=0)
     run()  # warm
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        wall = run() * 2
-    matmul_ops = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_mkl_linear"}
+        wall = run() * steps  # every profiled step is timed (warm_steps=0)
+    matmul_ops = {"aten::addmm", "aten::mm", "aten::bmm", "aten::_mkl_linear"}  # where the FLOPs run (self time)
     by_op = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
     matmul_s = sum(t for k, t in by_op.items() if k in matmul_ops)
     top = sorted(by_op.items(), key=lambda kv: -kv[1])[:8]
     return {
-        "wall_s_per_step": wall / 2,
-        "matmul_s_per_step": matmul_s / 2,
+        "wall_s_per_step": wall / steps,
+        "matmul_s_per_step": matmul_s / steps,
         "matmul_share": matmul_s / wall,
-        "matmul_op_gflops": flops_per_step / (matmul_s / 2) / 1e9,
-        "matmul_op_fraction_of_square_rate": flops_per_step / (matmul_s / 2) / 1e9 / square_rate,
-        "top_ops_s_per_step": {k: t / 2 for k, t in top},
+        "matmul_op_gflops": flops_per_step / (matmul_s / steps) / 1e9,
+        "matmul_op_fraction_of_square_rate": flops_per_step / (matmul_s / steps) / 1e9 / square_rate,
+        "top_ops_s_per_step": {k: t / steps for k, t in top},
     }
 
 
 def main() -> None:
-    args = parse_args(__doc__, lambda p: p.add_argument("--steps", type=int, default=0, help="timed steps per run (0: auto)"))
+    def extra(parser: Any) -> None:
+        parser.add_argument("--steps", type=int, default=0, help="timed steps per run (0: auto)")
+        parser.add_argument("--shapes", default="2x256,2x512", help="layers x hidden, comma-separated (GPU: 3x1024)")
+
+    args = parse_args(__doc__, extra)
     device = torch.device(args.device)
-    shapes = [(2, 256)] if args.quick else [(2, 256), (2, 512)]
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
+    shapes = shapes[:1] if args.quick else shapes
     rows, overhead_rows, breakdowns = [], [], {}
     workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     for layers, hidden in shapes:
@@ -153,7 +161,7 @@ def main() -> None:
                     "tokens/s": BATCH * SEQ / per_step,
                     "GFLOP/s": gflops,
                     "matmul GFLOP/s (same rounds)": rate,
-                    "fraction of matmul rate": gflops / rate,
+                    "fraction of matmul rate": fraction_of_rate(results[name], results["matmul"], flops_step),
                     "speed vs bare nn.GRU": base / per_step,
                     "peak MiB": memory["peak_cuda_mib"] if device.type == "cuda" else memory["peak_cpu_mib"],
                     "rounds s/step": [round(x, 4) for x in results[name]],
@@ -195,11 +203,12 @@ def main() -> None:
         tables["Where a training step's time goes (torch.profiler, bare loop, our model)"] = (breakdown_rows, list(breakdown_rows[0]))
     notes = [
         "FLOPs per token = 3 x forward; forward = sum over layers of 2*3H*(in+H) plus 2*H*V for the head.",
-        "matmul rate = float32 2048x2048 @ 2048x2048, measured in the same interleaved rounds.",
+        "matmul rate = float32 2048x2048 @ 2048x2048 (CUDA: bf16 8192^2), measured in the same interleaved rounds.",
         "peak MiB = extra resident memory (CPU) / max allocated (CUDA) during one further run of the variant.",
         f"GPU figures: {'measured here' if device.type == 'cuda' else 'not measured (no GPU on this machine)'}.",
     ]
-    write_results("train_speed", command_line(), tables, {"notes": notes, "breakdown": breakdowns})
+    write_results("train_speed", command_line(), tables, {"notes": notes, "breakdown": breakdowns}, device=args.device)
+    shutil.rmtree(workdir, ignore_errors=True)  # the trainer runs' checkpoints and token cache
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
+    # Defaults = conf/model/small.yaml, the default model.
     embedding_size: int = 128
-    hidden_size: int = 256
+    hidden_size: int = 512
     num_layers: int = 2
     dropout: float = 0.1  # between GRU layers and on the embedding / GRU output
     # true: torch.nn.GRU (cuDNN on CUDA), reset applied after the recurrent product.
@@ -64,17 +65,18 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 3000
+    # Defaults = the default recipe (conf/train/default.yaml): ~10 minutes on 2 CPU cores.
+    max_steps: int = 1000
     batch_size: int = 64
-    seq_len: int = 128
+    seq_len: int = 64
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 1337
     device: Device = Device.auto
-    eval_every: int = 500
+    eval_every: int = 200
     eval_batch_size: int = 64
     resume: bool = False
     bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)

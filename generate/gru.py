@@ -17,7 +17,7 @@ W·[h, x] is split as W_h* h + W_i* x, and b_* as b_i* + b_h*; this is the same 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -63,6 +63,21 @@ def gru_layer(
 # which runs near the machine's matmul rate instead of T small accumulations.
 
 
+def tanh_(x: Tensor) -> Tensor:
+    """tanh in place, computed as 2σ(2x) − 1 (the same function; |difference| ≤ 2e-7 in float32).
+
+    On this CPU ATen's float tanh costs ~2.5 ns per element and its sigmoid ~0.4 ns, so for the
+    (B, H) tensors of a training step the four cheap ops beat one tanh ~3x (docs/performance.md).
+    For a handful of elements (batch-1 sampling) plain tensor.tanh_() is cheaper: one call, not four.
+    """
+    return x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+
+
+def tanh_for(elements: int) -> Callable[[Tensor], Tensor]:
+    """The faster in-place tanh for tensors of this many elements (crossover measured at ~4k: bench/kernels.py)."""
+    return tanh_ if elements >= 4096 else Tensor.tanh_
+
+
 def _one_minus_square(x: Tensor, one: Tensor, out: Tensor) -> Tensor:
     """out = 1 − x² (the derivative of tanh from its output), in one op."""
     return torch.addcmul(one, x, x, value=-1.0, out=out)
@@ -94,11 +109,12 @@ class _Recurrence(torch.autograd.Function):
         h_t, rz_t, n_t = hs.unbind(0), rz.unbind(0), n.unbind(0)
         r_t, z_t = rz[..., :hidden].unbind(0), rz[..., hidden:].unbind(0)
         xrz_t, xn_t = xp[..., : 2 * hidden].unbind(0), xp[..., 2 * hidden :].unbind(0)
+        tanh = tanh_for(batch * hidden)
         if reset_after:
             # g = h W_hh^T + [0, 0, b_hn], all three gates in one product, into a buffer reused
             # every step (cache-resident); only its n part (W_hn h + b_hn) is kept for backward.
             # Keeping all of it would be a (T, B, 3H) buffer, fresh memory every call: its page
-            # faults cost ~0.35 ms per MB here, more than the copy.
+            # faults cost ~0.4 ms per MiB here (bench/kernels.py), far more than the copy.
             g = xp.new_empty(batch, 3 * hidden)
             g_rz, g_n = g[:, : 2 * hidden], g[:, 2 * hidden :]
             ghn = xp.new_empty(steps, batch, hidden)
@@ -109,7 +125,7 @@ class _Recurrence(torch.autograd.Function):
                 torch.addmm(bias, h_t[t], w_t, out=g)
                 torch.add(xrz_t[t], g_rz, out=rz_t[t]).sigmoid_()
                 ghn_t[t].copy_(g_n)
-                torch.addcmul(xn_t[t], r_t[t], g_n, out=n_t[t]).tanh_()
+                tanh(torch.addcmul(xn_t[t], r_t[t], g_n, out=n_t[t]))
                 torch.lerp(n_t[t], h_t[t], z_t[t], out=h_t[t + 1])  # n + z (h − n)
             ctx.save_for_backward(hs, rz, n, ghn, w_hh)
         else:
@@ -119,7 +135,7 @@ class _Recurrence(torch.autograd.Function):
             for t in range(steps):
                 torch.addmm(xrz_t[t], h_t[t], w_rz, out=rz_t[t]).sigmoid_()
                 torch.mul(r_t[t], h_t[t], out=rh_t[t])  # reset BEFORE the product (seed form)
-                torch.addmm(xn_t[t], rh_t[t], w_n, out=n_t[t]).tanh_()
+                tanh(torch.addmm(xn_t[t], rh_t[t], w_n, out=n_t[t]))
                 torch.lerp(h_t[t], n_t[t], z_t[t], out=h_t[t + 1])  # h + z (h̃ − h)
             ctx.save_for_backward(hs, rz, n, rh, w_hh)
         ctx.reset_after = reset_after
@@ -206,34 +222,36 @@ def _fold_biases(b_ih: Tensor, b_hh: Tensor, reset_after: bool) -> tuple[Tensor,
 
 
 def _recurrence_no_grad(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, reset_after: bool) -> Tensor:
-    """_Recurrence's forward without what backward needs: for evaluation and short sampling calls.
+    """_Recurrence's forward without what backward needs: for evaluation and the prime pass.
 
-    Nothing is kept but the outputs, and there is no autograd.Function to enter, which matters
-    when T is 1 (a beam-search step) and the fixed cost of a call is all there is.
+    Nothing is kept but the outputs, and there is no autograd.Function to enter.
     """
     steps, batch, _ = xp.shape
     hidden = h0.shape[-1]
     hs = xp.new_empty(steps, batch, hidden)
     gates = xp.new_empty(batch, 3 * hidden)  # one step's work space: r, z, then n (or h̃)
     rz, r, z, n = gates[:, : 2 * hidden], gates[:, :hidden], gates[:, hidden : 2 * hidden], gates[:, 2 * hidden :]
+    h_t, xrz_t, xn_t = hs.unbind(0), xp[..., : 2 * hidden].unbind(0), xp[..., 2 * hidden :].unbind(0)
+    tanh = tanh_for(batch * hidden)
     h = h0
     if reset_after:
         bias = torch.cat([b_hn.new_zeros(2 * hidden), b_hn])
         w_t = w_hh.t()
         gh = xp.new_empty(batch, 3 * hidden)
+        gh_rz, gh_n = gh[:, : 2 * hidden], gh[:, 2 * hidden :]
         for t in range(steps):
             torch.addmm(bias, h, w_t, out=gh)
-            torch.add(xp[t, :, : 2 * hidden], gh[:, : 2 * hidden], out=rz).sigmoid_()
-            torch.addcmul(xp[t, :, 2 * hidden :], r, gh[:, 2 * hidden :], out=n).tanh_()
-            h = torch.lerp(n, h, z, out=hs[t])
+            torch.add(xrz_t[t], gh_rz, out=rz).sigmoid_()
+            tanh(torch.addcmul(xn_t[t], r, gh_n, out=n))
+            h = torch.lerp(n, h, z, out=h_t[t])
     else:
         w_rz, w_n = w_hh[: 2 * hidden].t(), w_hh[2 * hidden :].t()
         rh = xp.new_empty(batch, hidden)
         for t in range(steps):
-            torch.addmm(xp[t, :, : 2 * hidden], h, w_rz, out=rz).sigmoid_()
+            torch.addmm(xrz_t[t], h, w_rz, out=rz).sigmoid_()
             torch.mul(r, h, out=rh)
-            torch.addmm(xp[t, :, 2 * hidden :], rh, w_n, out=n).tanh_()
-            h = torch.lerp(h, n, z, out=hs[t])
+            tanh(torch.addmm(xn_t[t], rh, w_n, out=n))
+            h = torch.lerp(h, n, z, out=h_t[t])
     return hs
 
 

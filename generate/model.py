@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from generate.gru import GRU, gru_stack, layer_weights
+from generate.gru import GRU, gru_stack, layer_weights, tanh_for
 
 
 @dataclass
@@ -39,7 +39,8 @@ class GRULanguageModel(nn.Module):
     # picks its path); benchmarks use it to measure what the fast path gains. Not part of the
     # spec: it changes speed, not results.
     fused: bool = True
-    FUSED_MIN_STEPS_NO_GRAD = 64  # measured crossover, see docs/performance.md
+    # Without gradients the fused loop only pays from ~16-64 steps on (bench/sample_speed.py).
+    FUSED_MIN_STEPS_NO_GRAD = 64
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -94,8 +95,8 @@ class Stepper:
     Equal to calling the model on one token at a time in eval mode, but without its per-call
     costs: weights are laid out once for a vector-matrix product (transposed, contiguous), biases
     are folded, layer 0's input projection becomes a row lookup (embedding @ W_ih^T precomputed
-    for the whole vocabulary), and every step writes into buffers allocated here, so a step is
-    ~8 small kernels per layer and no Python object or tensor is created.
+    for the whole vocabulary), and every step writes into buffers allocated here: per layer two
+    products and five elementwise kernels, and no memory is allocated.
     """
 
     def __init__(self, model: GRULanguageModel, hidden: Tensor):
@@ -103,28 +104,27 @@ class Stepper:
         spec = model.spec
         self.reset_after, self.hidden_size = spec.reset_after, spec.hidden_size
         size, batch = spec.hidden_size, hidden.shape[1]
-        with torch.no_grad():
-            self.layers: list[dict[str, Tensor]] = []
-            for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layer_weights(model.rnn)):
-                w_ih, w_hh, b_ih, b_hh = w_ih.float(), w_hh.float(), b_ih.float(), b_hh.float()
-                if spec.reset_after:
-                    bias = b_ih + torch.cat([b_hh[: 2 * size], torch.zeros_like(b_hh[2 * size :])])
-                else:
-                    bias = b_ih + b_hh
-                entry = {"bias": bias, "w_ih_t": w_ih.t().contiguous()}
-                if layer == 0:  # (V, 3H): the embedding's projection, looked up by token id
-                    entry["table"] = torch.addmm(bias, model.embedding.weight.float(), w_ih.t())
-                if spec.reset_after:
-                    entry["w_hh_t"] = w_hh.t().contiguous()  # (H, 3H)
-                    entry["b_hh"] = torch.cat([torch.zeros_like(b_hh[: 2 * size]), b_hh[2 * size :]])
-                else:
-                    entry["w_rz_t"] = w_hh[: 2 * size].t().contiguous()  # (H, 2H)
-                    entry["w_n_t"] = w_hh[2 * size :].t().contiguous()  # (H, H)
-                self.layers.append(entry)
-            self.head_w_t = model.head.weight.float().t().contiguous()  # (H, V)
-            self.head_b = model.head.bias.float()
         device = hidden.device
-        self.hidden = hidden.float().clone().contiguous()  # (L, N, H), updated in place every step
+        # Detached copies: no tensor here requires grad, so step() needs no grad-mode context
+        # (entering and leaving one costs ~4 µs, 5% of a batch-1 step).
+        self.layers: list[tuple[Tensor, ...]] = []  # per layer: (bias, w_ih^T, w_hh^T or w_rz^T, b_hh or w_n^T)
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layer_weights(model.rnn)):
+            w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in (w_ih, w_hh, b_ih, b_hh))
+            if spec.reset_after:
+                bias = b_ih + torch.cat([b_hh[: 2 * size], torch.zeros_like(b_hh[2 * size :])])
+            else:
+                bias = b_ih + b_hh
+            if layer == 0:  # (V, 3H): the embedding's projection, looked up by token id
+                self.table = torch.addmm(bias, model.embedding.weight.detach().float(), w_ih.t())
+            w_ih_t = w_ih.t().contiguous() if layer > 0 else w_ih  # layer 0's is never multiplied
+            if spec.reset_after:
+                b_hn3 = torch.cat([torch.zeros_like(b_hh[: 2 * size]), b_hh[2 * size :]])  # [0, 0, b_hn]
+                self.layers.append((bias, w_ih_t, w_hh.t().contiguous(), b_hn3))  # w_hh^T: (H, 3H)
+            else:  # (H, 2H) and (H, H): r, z from h; the candidate from r ⊙ h
+                self.layers.append((bias, w_ih_t, w_hh[: 2 * size].t().contiguous(), w_hh[2 * size :].t().contiguous()))
+        self.head_w_t = model.head.weight.detach().float().t().contiguous()  # (H, V)
+        self.head_b = model.head.bias.detach().float()
+        self.hidden = hidden.detach().float().clone().contiguous()  # (L, N, H), updated in place every step
         self.gi = torch.empty(batch, 3 * size, device=device)  # input projections (+ folded biases)
         self.gh = torch.empty(batch, 3 * size, device=device)  # recurrent products
         self.rh = torch.empty(batch, size, device=device)  # r ⊙ h (seed form)
@@ -134,25 +134,26 @@ class Stepper:
         self.gi_rz, self.gi_r, self.gi_z, self.gi_n = g[:, : 2 * size], g[:, :size], g[:, size : 2 * size], g[:, 2 * size :]
         self.gh_rz, self.gh_r, self.gh_z, self.gh_n = h[:, : 2 * size], h[:, :size], h[:, size : 2 * size], h[:, 2 * size :]
         self.states = list(self.hidden.unbind(0))
+        self.plan = list(zip(self.layers, self.states, strict=True))
+        self.tanh = tanh_for(batch * size)  # batch 1: one tanh_ call beats gru.tanh_'s four
 
-    @torch.no_grad()
     def step(self, tokens: Tensor) -> Tensor:
         """tokens: (N,) int64 → logits (N, V) for the next token (a buffer overwritten by the next step)."""
+        gi, gh, tanh = self.gi, self.gh, self.tanh
+        torch.index_select(self.table, 0, tokens, out=gi)  # layer 0's input projection
         x: Tensor | None = None
-        for layer, (p, h) in enumerate(zip(self.layers, self.states, strict=True)):
-            if layer == 0:
-                torch.index_select(p["table"], 0, tokens, out=self.gi)
-            else:
-                torch.addmm(p["bias"], x, p["w_ih_t"], out=self.gi)
+        for (bias, w_ih_t, w_a, w_b), h in self.plan:
+            if x is not None:
+                torch.addmm(bias, x, w_ih_t, out=gi)
             if self.reset_after:
-                torch.addmm(p["b_hh"], h, p["w_hh_t"], out=self.gh)
+                torch.addmm(w_b, h, w_a, out=gh)  # h W_hh^T + [0, 0, b_hn]
                 self.gi_rz.add_(self.gh_rz).sigmoid_()  # r, z
-                self.gi_n.addcmul_(self.gi_r, self.gh_n).tanh_()  # n = tanh(x_n + r ⊙ (W_hn h + b_hn))
+                tanh(self.gi_n.addcmul_(self.gi_r, self.gh_n))  # n = tanh(x_n + r ⊙ (W_hn h + b_hn))
                 torch.lerp(self.gi_n, h, self.gi_z, out=h)  # n + z (h − n)
             else:
-                torch.addmm(self.gi_rz, h, p["w_rz_t"], out=self.gh_rz).sigmoid_()  # r, z
+                torch.addmm(self.gi_rz, h, w_a, out=self.gh_rz).sigmoid_()  # r, z
                 torch.mul(self.gh_r, h, out=self.rh)  # reset before the product (seed form)
-                torch.addmm(self.gi_n, self.rh, p["w_n_t"], out=self.gh_n).tanh_()  # h̃
+                tanh(torch.addmm(self.gi_n, self.rh, w_b, out=self.gh_n))  # h̃
                 torch.lerp(h, self.gh_n, self.gh_z, out=h)  # h + z (h̃ − h)
             x = h
         return torch.addmm(self.head_b, x, self.head_w_t, out=self.logits)

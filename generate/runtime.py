@@ -79,7 +79,10 @@ def hydra_entry(task: Callable[[Any], Any], config_name: str) -> Callable[[], No
         try:
             task(cfg)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            # One write call: under torchrun several ranks may report at once, and a line
+            # written in one piece (under the pipe's atomic size) is never interleaved.
+            sys.stderr.write(f"error: {err}\n")
+            sys.stderr.flush()
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
