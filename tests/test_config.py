@@ -30,3 +30,10 @@ def test_saved_configs_store_project_paths_portably() -> None:
     # Read back (as evaluate does), the placeholder resolves to wherever the project is now.
     assert OmegaConf.create(plain["dataset"]).path == f"{PROJECT_ROOT}/datasets/tinyshakespeare.txt"
     assert to_plain(compose_config("config", ["dataset=text", "dataset.path=/data/x.txt"]))["dataset"]["path"] == "/data/x.txt"
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_every_recipe_composes_against_the_schema(recipe: str) -> None:
+    cfg = compose_config("config", [f"+experiment={recipe}"])
+    assert cfg.run_name == recipe  # each recipe trains into its own folder
+    assert cfg.train.max_steps > 0 and cfg.model.hidden_size > 0
