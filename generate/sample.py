@@ -62,7 +62,16 @@ def pick_next(logits: Tensor, cfg: Any, generator: torch.Generator, noise: Tenso
         return logits.argmax(-1)
     if noise is None:
         noise = _gumbel(torch.empty(logits.shape, device=logits.device), generator)
-    return (filter_logits(logits.float(), cfg.temperature, cfg.top_k, cfg.top_p) + noise).argmax(-1)
+    return _perturbed(logits.float(), noise, cfg.temperature, cfg.top_k, cfg.top_p).argmax(-1)
+
+
+def _perturbed(
+    logits: Tensor, noise: Tensor, temperature: float, top_k: int, top_p: float, out: Tensor | None = None
+) -> Tensor:
+    """(N, V) filtered logits / T + Gumbel noise: its argmax is one draw (the rule pick_next documents)."""
+    if 0 < top_k < logits.shape[-1] or top_p < 1.0:
+        return torch.add(filter_logits(logits, temperature, top_k, top_p), noise, out=out)
+    return torch.add(noise, logits, alpha=1.0 / temperature, out=out)  # logits / T + g, no temporaries
 
 
 def _gumbel(buffer: Tensor, generator: torch.Generator) -> Tensor:
@@ -93,7 +102,6 @@ def generate(model: torch.nn.Module, prime: list[int], cfg: Any, device: torch.d
     vocab = first.shape[-1]
     out = torch.empty(length, count, dtype=torch.long, device=device)  # time-major: out[i] feeds step i + 1
     greedy = temperature == 0
-    filtering = 0 < top_k < vocab or top_p < 1.0
     chunk = max(1, min(length, (1 << 20) // (count * vocab)))  # steps of noise per draw (≤ 4 MB)
     noise = torch.empty(chunk, count, vocab, device=device)  # (S, N, V)
     noise_rows = noise.unbind(0)  # views: they see every refill
@@ -108,11 +116,7 @@ def generate(model: torch.nn.Module, prime: list[int], cfg: Any, device: torch.d
             if i % chunk == 0:
                 _gumbel(noise, generator)
             noise_row = noise_rows[i % chunk]
-        if filtering:
-            torch.add(filter_logits(step_logits, temperature, top_k, top_p), noise_row, out=scores)
-        else:
-            torch.add(noise_row, step_logits, alpha=1.0 / temperature, out=scores)  # logits / T + g
-        torch.argmax(scores, -1, out=into)
+        torch.argmax(_perturbed(step_logits, noise_row, temperature, top_k, top_p, scores), -1, out=into)
 
     pick(first, 0, out[0])
     stepper = Stepper(model, hidden)
