@@ -85,7 +85,7 @@ def main() -> None:
                 load_corpus(reload_cfg)
             return files / (time.perf_counter() - start)
 
-        from generate.music_sources import worker_count
+        from generate.sources.files import worker_count
 
         pool_workers = worker_count(0, files)
         variants = {

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import command_line, compose, interleave, measure_peak, median, parse_args, sync, write_results
+from common import command_line, interleave, measure_peak, median, parse_args, sync, write_results
 
+from generate.decoding import generate_tokens
 from generate.model import GRULanguageModel, ModelSpec
-from generate.sample import generate
 
 EMBED, VOCAB, WINDOW = 128, 65, 100
 
@@ -64,13 +64,12 @@ def window_rerun(model: GRULanguageModel, batch: int, length: int, device: torch
 
 
 def ours(model: GRULanguageModel, batch: int, length: int, device: torch.device, temperature: float = 1.0) -> Callable[[], float]:
-    """A variant (s/token): generate.sample.generate with a composed sample config (1-token prime)."""
-    cfg = compose("sample", [f"length={length}", f"num_samples={batch}", f"temperature={temperature}", "seed=1"])
+    """A variant (s/token): generate.decoding.generate_tokens (what model.sample runs), 1-token prime."""
 
     def run() -> float:
         sync(device)
         start = time.perf_counter()
-        generate(model, [0], cfg, device)
+        generate_tokens(model, [0], length, num_samples=batch, temperature=temperature, seed=1, device=device)
         sync(device)
         return (time.perf_counter() - start) / length
 

@@ -10,7 +10,6 @@ from common import (
     RESULTS,
     bare_loop,
     command_line,
-    compose,
     fraction_of_rate,
     interleave,
     matmul_rate,
@@ -23,8 +22,8 @@ from common import (
 )
 from torch import nn
 
+from generate.decoding import generate_tokens
 from generate.model import GRULanguageModel, ModelSpec
-from generate.sample import generate
 
 EMBED, VOCAB, LAYERS, SEQ = 128, 65, 2, 32  # short windows keep the 1024-wide points to seconds
 
@@ -60,13 +59,12 @@ def training_point(hidden: int, batch: int, steps: int, repeats: int, device: to
 def sampling_curve(lengths: list[int], repeats: int, device: torch.device) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     model = GRULanguageModel(ModelSpec(VOCAB, EMBED, 256, LAYERS, reset_after=True)).to(device).eval()
-    cfgs = {n: compose("sample", [f"length={n}", "num_samples=1", "seed=1"]) for n in lengths}
 
     def variant(n: int) -> Any:
         def run() -> float:
             sync(device)
             start = time.perf_counter()
-            generate(model, [0], cfgs[n], device)
+            generate_tokens(model, [0], n, seed=1, device=device)
             sync(device)
             return time.perf_counter() - start
 

@@ -29,8 +29,8 @@ from common import (
 from torch import Tensor, nn
 
 import generate.data
+from generate.cli import run_train as train
 from generate.model import GRULanguageModel, ModelSpec
-from generate.train import train
 
 BATCH, SEQ, EMBED, VOCAB = 64, 128, 128, 65  # the trainer's defaults; 65 = tiny Shakespeare's characters
 

@@ -1,76 +1,22 @@
-"""Checkpoints: atomic saves, data-only loads, and rebuilding the model and tokenizer from one."""
+"""Checkpoints, the contract between training and everything after it: data-only loads, rebuilding, export."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from generate.config import PROJECT_ROOT
+from generate.errors import UserError
 from generate.model import GRULanguageModel, ModelSpec
-from generate.runtime import UserError
+from generate.paths import SHIPPED_DIR, portable_paths
+from generate.storage import atomic_save
 from generate.tokenizers import Tokenizer, tokenizer_from_dict
 
 DEFAULT_RUN = Path("checkpoints") / "shakespeare" / "best.pt"  # relative to where the user runs
-SHIPPED_DEFAULT = PROJECT_ROOT / "checkpoints" / "pretrained" / "shakespeare.pt"
-TMP_SUFFIX = ".tmp"  # atomic_save's temporary files: .<name>.<random>.tmp next to the target
-
-# mkstemp makes 0600 files; a checkpoint gets the mode any other file would (0666 minus the umask).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash or full disk at any point leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~_UMASK)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def remove_stale_temp_files(folder: Path) -> list[Path]:
-    """Delete temporary files left by saves that were killed mid-write (SIGKILL skips cleanup).
-
-    Only call this while holding the folder's RunLock: another writer's live temp file looks the same.
-    """
-    stale = [p for p in folder.glob(f".*.pt.*{TMP_SUFFIX}") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform allows opening a folder.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
+SHIPPED_DEFAULT = SHIPPED_DIR / "shakespeare.pt"
 def _refusal_reason(err: Exception) -> str:
     """The line of torch's weights-only refusal that names what was refused.
 
@@ -106,9 +52,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def resolve_checkpoint(path: str | None) -> tuple[Path, str]:
-    """The checkpoint to use and a phrase saying where it came from."""
+def shipped_models() -> dict[str, Path]:
+    """The pretrained models that come with the toolkit, by name (shakespeare, bach, jsb, ...)."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.pt"))}
+
+
+def resolve_checkpoint(path: str | Path | None) -> tuple[Path, str]:
+    """The checkpoint to use and a phrase saying where it came from: a path, a shipped model's name, or the default."""
     if path:
+        shipped = shipped_models()
+        if str(path) in shipped and not Path(path).exists():
+            return shipped[str(path)], f"the shipped {path} model"
         return Path(path), "given"
     if DEFAULT_RUN.is_file():
         return DEFAULT_RUN, "your default training run"
@@ -138,3 +92,22 @@ def build_tokenizer(ckpt: dict[str, Any]) -> Tokenizer:
     except (TypeError, ValueError, KeyError, AttributeError) as err:
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise UserError(f"the checkpoint's tokenizer cannot be rebuilt ({detail}); it is damaged or foreign") from None
+
+
+# Everything sample/evaluate read; optimizer, scheduler, data position, RNG and carried state are dropped.
+EXPORT_KEYS = ("model_spec", "tokenizer", "config", "step", "val_loss", "best_val")
+
+
+def export_checkpoint(source: str | Path, target: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """A training checkpoint stripped to what sampling and evaluation need, weights stored as `dtype`."""
+    source, target = Path(source), Path(target)
+    if source.resolve() == target.resolve():
+        raise UserError("out= must differ from checkpoint=: export never overwrites its source")
+    ckpt = load_checkpoint(source)
+    build_model(ckpt)  # refuse to export anything that would not load back
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    kept = {k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}
+    if "config" in kept:
+        kept["config"] = portable_paths(kept["config"])  # checkpoints from before paths were portable
+    atomic_save({"model": weights, **kept}, target)
+    return target

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from generate.checkpoint import atomic_save
-from generate.runtime import UserError
+from generate.errors import UserError
 from generate.sources import SPLITS, Corpus, get_source
+from generate.storage import atomic_save
 from generate.tokenizers import tokenizer_from_dict
 
 CACHE_VERSION = 1  # bump when the cached format or any tokenization changes meaning

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from generate.runtime import UserError
+from generate.errors import UserError
 
 T = TypeVar("T")
 

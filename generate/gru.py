@@ -119,7 +119,7 @@ class _Recurrence(torch.autograd.Function):
             g_rz, g_n = g[:, : 2 * hidden], g[:, 2 * hidden :]
             ghn = xp.new_empty(steps, batch, hidden)
             ghn_t = ghn.unbind(0)
-            bias = torch.cat([b_hn.new_zeros(2 * hidden), b_hn])
+            bias = gate_bias(b_hn)
             w_t = w_hh.t()
             for t in range(steps):
                 torch.addmm(bias, h_t[t], w_t, out=g)
@@ -213,12 +213,21 @@ def _autocast_on(device_type: str) -> bool:
         return device_type == "cuda" and torch.is_autocast_enabled()
 
 
-def _fold_biases(b_ih: Tensor, b_hh: Tensor, reset_after: bool) -> tuple[Tensor, Tensor]:
-    """(bias added to x W_ih^T, b_hn kept inside the recurrence): b_hh joins b_ih where it may."""
+def fold_biases(b_ih: Tensor, b_hh: Tensor, reset_after: bool) -> tuple[Tensor, Tensor]:
+    """(bias added to x W_ih^T, b_hn kept inside the recurrence): b_hh joins b_ih where it may.
+
+    The one place biases are folded: in the seed form all of b_hh is added before a nonlinearity;
+    in the reset-after form b_hn sits inside r ⊙ (W_hn h + b_hn) and must stay there.
+    """
     hidden = b_hh.shape[0] // 3
     if reset_after:
         return b_ih + torch.cat([b_hh[: 2 * hidden], b_hh.new_zeros(hidden)]), b_hh[2 * hidden :]
     return b_ih + b_hh, b_hh.new_zeros(0)
+
+
+def gate_bias(b_hn: Tensor) -> Tensor:
+    """[0, 0, b_hn] (3H,): added to h W_hh^T so one product gives every gate's recurrent part (reset-after)."""
+    return torch.cat([b_hn.new_zeros(2 * b_hn.shape[0]), b_hn])
 
 
 def _recurrence_no_grad(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, reset_after: bool) -> Tensor:
@@ -235,7 +244,7 @@ def _recurrence_no_grad(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, rese
     tanh = tanh_for(batch * hidden)
     h = h0
     if reset_after:
-        bias = torch.cat([b_hn.new_zeros(2 * hidden), b_hn])
+        bias = gate_bias(b_hn)
         w_t = w_hh.t()
         gh = xp.new_empty(batch, 3 * hidden)
         gh_rz, gh_n = gh[:, : 2 * hidden], gh[:, 2 * hidden :]
@@ -273,12 +282,7 @@ def fused_gru_layer(
     x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, reset_after: bool
 ) -> tuple[Tensor, Tensor]:
     """gru_layer's fast equivalent (same arguments, same results): (B, T, 3H), (B, H) → (B, T, H), (B, H)."""
-    hidden = h.shape[-1]
-    if reset_after:
-        fold = torch.cat([b_hh[: 2 * hidden], b_hh.new_zeros(hidden)])
-        b_hn = b_hh[2 * hidden :]
-    else:
-        fold, b_hn = b_hh, b_hh.new_zeros(0)
+    fold, b_hn = fold_biases(torch.zeros_like(b_hh), b_hh, reset_after)  # x_proj already holds b_ih
     hs = recurrence((x_proj + fold).transpose(0, 1), h, w_hh, b_hn, reset_after)  # (T, B, H)
     return hs.transpose(0, 1), hs[-1]
 
@@ -302,7 +306,7 @@ def gru_stack(
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
         if layer > 0 and dropout > 0 and training:
             x = nn.functional.dropout(x, dropout, training=True)
-        bias, b_hn = _fold_biases(b_ih, b_hh, reset_after)
+        bias, b_hn = fold_biases(b_ih, b_hh, reset_after)
         xp = nn.functional.linear(x, w_ih, bias)  # (T, B, 3H): all steps in one product
         x = recurrence(xp, h0[layer], w_hh, b_hn, reset_after)  # (T, B, H)
         last_states.append(x[-1])

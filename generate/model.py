@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from generate.gru import GRU, gru_stack, layer_weights, tanh_for
+from generate.decoding import generate_tokens
+from generate.gru import GRU, fold_biases, gate_bias, gru_stack, layer_weights, tanh_for
 
 
 @dataclass
@@ -26,7 +27,7 @@ class ModelSpec:
     @classmethod
     def from_config(cls, vocab_size: int, cfg: Any) -> ModelSpec:
         names = {f.name for f in fields(cls)} - {"vocab_size"}
-        return cls(vocab_size=vocab_size, **{name: cfg[name] for name in names})
+        return cls(vocab_size=vocab_size, **{name: getattr(cfg, name) for name in names})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +89,24 @@ class GRULanguageModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def stepper(self, hidden: Tensor) -> Stepper:
+        """A one-token-at-a-time view of this model from the state `hidden` (L, N, H), for sampling."""
+        return Stepper(self, hidden)
+
+    def generate(
+        self, idx: Tensor | list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+        top_p: float = 1.0, num_samples: int = 1, seed: int = 1337,
+    ) -> Tensor:
+        """Continue the token ids `idx` by `max_new_tokens` → (num_samples, max_new_tokens) new ids.
+
+        The prompt is read once; each new token is one GRU step from the carried state.
+        """
+        prime = idx.flatten().tolist() if isinstance(idx, Tensor) else list(idx)
+        return generate_tokens(
+            self, prime, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            num_samples=num_samples, seed=seed, device=self.head.weight.device,
+        )
+
 
 class Stepper:
     """Advance a model one token at a time from a carried state, for sampling.
@@ -110,16 +129,12 @@ class Stepper:
         self.layers: list[tuple[Tensor, ...]] = []  # per layer: (bias, w_ih^T, w_hh^T or w_rz^T, b_hh or w_n^T)
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layer_weights(model.rnn)):
             w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in (w_ih, w_hh, b_ih, b_hh))
-            if spec.reset_after:
-                bias = b_ih + torch.cat([b_hh[: 2 * size], torch.zeros_like(b_hh[2 * size :])])
-            else:
-                bias = b_ih + b_hh
+            bias, b_hn = fold_biases(b_ih, b_hh, spec.reset_after)
             if layer == 0:  # (V, 3H): the embedding's projection, looked up by token id
                 self.table = torch.addmm(bias, model.embedding.weight.detach().float(), w_ih.t())
             w_ih_t = w_ih.t().contiguous() if layer > 0 else w_ih  # layer 0's is never multiplied
-            if spec.reset_after:
-                b_hn3 = torch.cat([torch.zeros_like(b_hh[: 2 * size]), b_hh[2 * size :]])  # [0, 0, b_hn]
-                self.layers.append((bias, w_ih_t, w_hh.t().contiguous(), b_hn3))  # w_hh^T: (H, 3H)
+            if spec.reset_after:  # w_hh^T: (H, 3H), and [0, 0, b_hn] added to its product
+                self.layers.append((bias, w_ih_t, w_hh.t().contiguous(), gate_bias(b_hn)))
             else:  # (H, 2H) and (H, H): r, z from h; the candidate from r ⊙ h
                 self.layers.append((bias, w_ih_t, w_hh[: 2 * size].t().contiguous(), w_hh[2 * size :].t().contiguous()))
         self.head_w_t = model.head.weight.detach().float().t().contiguous()  # (H, V)

@@ -45,11 +45,17 @@ def train_overrides(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m generate.<module> args...` as a user types it."""
+def run_cli(
+    module: str, *args: str, cwd: Path | None = None, timeout: int = 300, kill_after_save: int = 0
+) -> subprocess.CompletedProcess:
+    """`python -m generate.<module> args...` as a user types it (train: SIGKILLed after a save when asked)."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+    command = ["-m", f"generate.{module}"]
+    if kill_after_save:
+        assert module == "train"
+        command = ["-m", "tests.kill_after_save", str(kill_after_save)]
     return subprocess.run(
-        [sys.executable, "-m", f"generate.{module}", *args],
+        [sys.executable, *command, *args],
         capture_output=True,
         text=True,
         cwd=cwd or PROJECT_ROOT,
@@ -61,7 +67,7 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 300
 @pytest.fixture(scope="session")
 def text_checkpoint(tmp_path_factory) -> Path:
     """A tiny model trained for a few steps on a small text; shared by the sample/evaluate tests."""
-    from generate.train import train
+    from generate.cli import run_train as train
 
     root = tmp_path_factory.mktemp("text_ckpt")
     text = root / "corpus.txt"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from generate.runtime import UserError
+from generate.errors import UserError
 from generate.tokenizers import CharTokenizer, tokenizer_from_dict
 
 

@@ -17,8 +17,8 @@ from generate.data import (
     split_for_eval,
     training_stream,
 )
-from generate.runtime import UserError
-from generate.sources import split_stream
+from generate.errors import UserError
+from generate.sources.text import split_stream
 from tests.conftest import compose_config
 
 

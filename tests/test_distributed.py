@@ -76,10 +76,8 @@ def test_two_gloo_processes_train_identical_replicas_and_rank_0_writes(reference
 
 def test_distributed_resume_after_sigkill_is_exact(reference: tuple[Path, Path]) -> None:
     from generate.checkpoint import load_checkpoint
-    from generate.train import KILL_AFTER_SAVE_ENV
-
     root, text = reference
-    killed = torchrun("-m", "generate.train", *cli_overrides(root, text, "cut"), env={KILL_AFTER_SAVE_ENV: "1"})
+    killed = torchrun("-m", "tests.kill_after_save", "1", *cli_overrides(root, text, "cut"))
     assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr, killed.stderr[-3000:]
     assert load_checkpoint(root / "checkpoints" / "cut" / "last.pt")["step"] == 8
     resumed = torchrun("-m", "generate.train", *cli_overrides(root, text, "cut", "train.resume=true"))
@@ -104,14 +102,14 @@ def test_an_error_on_rank_0_stops_every_rank_with_its_message(reference: tuple[P
 def test_a_two_process_checkpoint_resumes_in_one_process_with_a_warning(reference: tuple[Path, Path], capsys) -> None:
     import shutil
 
-    from generate.train import train
+    from generate.cli import run_train as train
     from tests.conftest import compose_config
 
     root, text = reference
     (root / "checkpoints" / "single").mkdir()
     shutil.copy(root / "checkpoints" / "whole" / "last.pt", root / "checkpoints" / "single" / "last.pt")
     summary = train(compose_config("config", cli_overrides(root, text, "single", "train.max_steps=20", "train.resume=true")))
-    assert summary["step"] == 20
+    assert summary.step == 20
     assert "written by 2 process(es)" in capsys.readouterr().out  # it says the resume is not exact
 
 
@@ -131,7 +129,8 @@ def test_cuda_torchrun_trains_and_resumes(small_text: Path, tmp_path: Path) -> N
 def _rank_worker() -> None:
     """Run by torchrun from the first test: the real CLI entry point, then save this rank's weights."""
     out = Path(sys.argv.pop(1))
-    import generate.train as train_module
+    import generate.trainer as train_module
+    from generate.cli import main
 
     models: list[torch.nn.Module] = []
 
@@ -142,7 +141,7 @@ def _rank_worker() -> None:
 
     train_module.GRULanguageModel = Captured  # type: ignore[misc]
     try:
-        train_module.main()
+        main("train")
     except SystemExit as exit_:  # a one-line error: pass its status on
         raise SystemExit(exit_.code) from None
     torch.save(models[0].state_dict(), out / f"rank{os.environ['RANK']}.pt")

@@ -9,11 +9,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from generate.api import Model
 from generate.checkpoint import build_model, load_checkpoint
+from generate.cli import run_evaluate as evaluate
 from generate.data import load_corpus
-from generate.evaluate import evaluate, evaluate_loss
-from generate.runtime import UserError
-from tests.conftest import compose_config
+from generate.errors import UserError
+from generate.scoring import evaluate_loss
+from tests.conftest import compose_config, run_cli
 
 
 def test_evaluate_loss_equals_direct_cross_entropy(text_checkpoint: Path) -> None:
@@ -43,5 +45,10 @@ def test_evaluate_scores_the_whole_split(text_checkpoint: Path, split: str, caps
 
 
 def test_unknown_split_is_refused(text_checkpoint: Path) -> None:
-    with pytest.raises(UserError, match="split='dev'"):
-        evaluate(compose_config("evaluate", [f"checkpoint={text_checkpoint}", "split=dev"]))
+    # The schema's Split enum refuses it before any work: one line, exit 2, naming the choices.
+    done = run_cli("evaluate", f"checkpoint={text_checkpoint}", "split=dev")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "dev" in line and "train" in line and "test" in line
+    with pytest.raises(UserError, match="split='dev'"):  # the library says the same
+        Model.from_pretrained(text_checkpoint).evaluate("dev")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from generate.checkpoint import build_model, load_checkpoint
-from generate.export import export
-from generate.runtime import UserError
-from generate.sample import sample
+from generate.cli import run_export as export
+from generate.cli import run_sample as sample
+from generate.errors import UserError
 from tests.conftest import compose_config
 
 

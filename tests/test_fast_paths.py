@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from generate.decoding import generate_tokens, pick_next
 from generate.gru import GRU, fused_gru_layer, gru_layer, gru_stack, layer_weights, recurrence
 from generate.model import GRULanguageModel, ModelSpec, Stepper
-from generate.sample import generate, pick_next
-from tests.conftest import compose_config
 
 
 def _grads(outputs: tuple[torch.Tensor, ...], inputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
@@ -125,13 +124,11 @@ def test_stepper_equals_forward_one_step_at_a_time(reset_after: bool) -> None:
 def test_gumbel_draws_follow_the_softmax() -> None:
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().expand(20000, -1).contiguous()
-    cfg = compose_config("sample", ["temperature=1.0"])
-    drawn = pick_next(logits, cfg, torch.Generator().manual_seed(0))
+    drawn = pick_next(logits, torch.Generator().manual_seed(0), temperature=1.0)
     freq = torch.bincount(drawn, minlength=4).double() / len(drawn)
     torch.testing.assert_close(freq, probs.double(), rtol=0, atol=0.015)
     # Filtered tokens are never drawn, even with the noise.
-    cfg_k = compose_config("sample", ["temperature=1.0", "top_k=2"])
-    assert set(pick_next(logits, cfg_k, torch.Generator().manual_seed(1)).tolist()) == {0, 1}
+    assert set(pick_next(logits, torch.Generator().manual_seed(1), temperature=1.0, top_k=2).tolist()) == {0, 1}
 
 
 @pytest.mark.parametrize("reset_after", [False, True])
@@ -139,18 +136,18 @@ def test_generate_is_deterministic_and_threads_are_restored(reset_after: bool) -
     torch.manual_seed(6)
     model = GRULanguageModel(ModelSpec(vocab_size=20, embedding_size=8, hidden_size=16, num_layers=2, reset_after=reset_after))
     threads = torch.get_num_threads()
-    run = lambda seed, extra=(): generate(model, [1, 2], compose_config("sample", ["length=50", "num_samples=3", f"seed={seed}", *extra]), torch.device("cpu"))  # noqa: E731
+    run = lambda seed, extra={}: generate_tokens(model, [1, 2], 50, num_samples=3, seed=seed, **extra)  # noqa: E731
     first, again, other = run(7), run(7), run(8)
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert first.shape == (3, 50) and torch.get_num_threads() == threads
     # top_p path and top_k path are deterministic too
-    assert torch.equal(run(9, ("top_p=0.9", "top_k=5")), run(9, ("top_p=0.9", "top_k=5")))
+    assert torch.equal(run(9, {"top_p": 0.9, "top_k": 5}), run(9, {"top_p": 0.9, "top_k": 5}))
 
 
 def test_generate_greedy_follows_the_full_forward_pass() -> None:
     torch.manual_seed(7)
     model = GRULanguageModel(ModelSpec(vocab_size=20, embedding_size=8, hidden_size=16, num_layers=2, reset_after=False))
-    out = generate(model, [3], compose_config("sample", ["length=30", "temperature=0"]), torch.device("cpu"))[0].tolist()
+    out = generate_tokens(model, [3], 30, temperature=0)[0].tolist()
     with torch.no_grad():
         logits, _ = model(torch.tensor([[3] + out]))
     assert logits[0, :-1].argmax(-1).tolist() == out
@@ -171,12 +168,12 @@ def test_gru_stack_uses_given_weights_time_major() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_sampling_equals_eager_cuda_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
-    import generate.sample as sample_module
+    import generate.decoding as decoding
 
     torch.manual_seed(9)
     model = GRULanguageModel(ModelSpec(vocab_size=20, embedding_size=8, hidden_size=16, num_layers=2)).cuda()
-    cfg = compose_config("sample", ["length=40", "num_samples=2", "seed=3", "device=cuda"])
-    graphed = generate(model, [1], cfg, torch.device("cuda"))
-    monkeypatch.setattr(sample_module, "_generate_cuda_graph", lambda *a: False)
-    eager = generate(model, [1], cfg, torch.device("cuda"))
+    settings = {"num_samples": 2, "seed": 3, "device": "cuda"}
+    graphed = generate_tokens(model, [1], 40, **settings)
+    monkeypatch.setattr(decoding, "_generate_cuda_graph", lambda *a: False)
+    eager = generate_tokens(model, [1], 40, **settings)
     assert torch.equal(graphed, eager)

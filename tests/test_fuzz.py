@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from generate.data import load_corpus
-from generate.runtime import UserError
+from generate.errors import UserError
 from generate.tokenizers import CharTokenizer
 from tests.conftest import compose_config
 
@@ -318,7 +318,7 @@ def test_hostile_text_loads_or_is_refused_with_a_user_error(tmp_path_factory, bo
 def test_a_huge_single_line_with_nul_bytes_trains(tmp_path: Path) -> None:
     import torch
 
-    from generate.train import train
+    from generate.cli import run_train as train
     from tests.conftest import train_overrides
 
     path = tmp_path / "one_line.txt"
@@ -330,4 +330,4 @@ def test_a_huge_single_line_with_nul_bytes_trains(tmp_path: Path) -> None:
         summary = train(compose_config("config", [*overrides, "dataset.val_fraction=0.01", "train.eval_batch_size=64"]))
     finally:
         torch.set_num_threads(threads)
-    assert summary["step"] == 2 and summary["best_val"] < 10
+    assert summary.step == 2 and summary.best_val < 10

@@ -8,7 +8,7 @@ from pathlib import Path
 import pretty_midi
 import pytest
 
-from generate.music import read_midi
+from generate.music.read import read_midi
 
 
 def test_a_file_with_an_empty_track_is_still_read(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pretty_midi
 import pytest
 from music21 import converter
 
-from generate.runtime import UserError
-from generate.sample import sample
+from generate.cli import run_sample as sample
+from generate.errors import UserError
 from tests.conftest import compose_config, run_cli, train_overrides
 from tests.music_helpers import melody_midi, write_bad_files, write_songs
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from generate.quality import histograms, quality, total_variation
-from generate.runtime import UserError
-from generate.tokenizers.notes import Note, Piece
-from generate.train import train
+from generate.cli import run_quality as quality
+from generate.cli import run_train as train
+from generate.errors import UserError
+from generate.music.analysis import histograms, total_variation
+from generate.music.notes import Note, Piece
 from tests.conftest import compose_config, train_overrides
 from tests.music_helpers import write_songs
 

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from generate.checkpoint import atomic_save, build_model, build_tokenizer, load_checkpoint
+from generate.checkpoint import build_model, build_tokenizer, load_checkpoint
+from generate.cli import run_evaluate as evaluate
+from generate.cli import run_train as train
 from generate.config import PROJECT_ROOT
 from generate.data import load_corpus
-from generate.evaluate import evaluate
+from generate.errors import UserError
 from generate.model import GRULanguageModel
-from generate.runtime import UserError
-from generate.train import train
+from generate.storage import atomic_save
 from tests.conftest import compose_config, run_cli, train_overrides
 
 
@@ -197,7 +198,7 @@ def test_a_real_full_disk_leaves_the_previous_checkpoint(tmp_path: Path) -> None
     path = tmp_path / "best.pt"
     atomic_save({"weights": torch.ones(1000), "step": 1}, path)
     code = (
-        "import sys, torch; from generate.checkpoint import atomic_save\n"
+        "import sys, torch; from generate.storage import atomic_save\n"
         "atomic_save({'weights': torch.zeros(1_000_000), 'step': 2}, sys.argv[1])\n"
     )
     limit = 256 * 1024  # the new checkpoint needs ~4 MB
@@ -244,9 +245,9 @@ def test_a_failed_save_during_training_keeps_the_last_good_checkpoint(
 
 def test_checkpoints_get_ordinary_file_permissions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Temporary files are created 0600; a shared checkpoint must not stay readable by its owner only.
-    from generate import checkpoint
+    from generate import storage
 
-    monkeypatch.setattr(checkpoint, "_UMASK", 0o022)
+    monkeypatch.setattr(storage, "_UMASK", 0o022)
     atomic_save({"x": 1}, tmp_path / "a.pt")
     assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644
 
@@ -278,7 +279,7 @@ class FaultyModel(GRULanguageModel):
 @pytest.fixture
 def faulty(monkeypatch: pytest.MonkeyPatch) -> type[FaultyModel]:
     cls = type("Faulty", (FaultyModel,), {"bad_train_calls": set(), "nan_in_eval_after": None, "calls": 0})
-    monkeypatch.setattr("generate.train.GRULanguageModel", cls)
+    monkeypatch.setattr("generate.trainer.GRULanguageModel", cls)
     return cls
 
 
@@ -291,7 +292,7 @@ def test_a_non_finite_loss_skips_the_step_and_training_goes_on(small_text: Path,
     summary = train(text_run(small_text, tmp_path))
     out = capsys.readouterr().out
     assert out.count("non-finite loss/gradient") == 2 and "update skipped" in out
-    assert summary["step"] == 20 and faulty.calls == 22  # two batches spent on skipped steps
+    assert summary.step == 20 and faulty.calls == 22  # two batches spent on skipped steps
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "text" / "last.pt")
     assert ckpt["step"] == 20 and all_finite(ckpt["model"])
     rows = [json.loads(line) for line in (tmp_path / "checkpoints" / "text" / "metrics.jsonl").read_text().splitlines()]
@@ -369,5 +370,5 @@ def test_a_second_training_on_the_same_folder_refuses_and_resume_works_after_a_c
 
     step = load_checkpoint(run_dir / "last.pt")["step"]
     summary = train(text_run(small_text, tmp_path, f"train.max_steps={step + 5}", "train.eval_every=5", "train.resume=true"))
-    assert summary["step"] == step + 5  # the kernel released the dead run's lock
+    assert summary.step == step + 5  # the kernel released the dead run's lock
     assert not (run_dir / ".last.pt.abc123.tmp").exists()

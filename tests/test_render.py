@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import wave
 from pathlib import Path
-from types import SimpleNamespace
 
 import matplotlib.image
 import pretty_midi
@@ -12,15 +11,15 @@ import pytest
 import torch
 from music21 import converter
 
-from generate.beam import beam_search
+from generate.decoding import beam_search
 from generate.model import GRULanguageModel, ModelSpec
-from generate.render import MIDI_RESOLUTION, SAMPLE_RATE, sensible_register, write_music
+from generate.music.notes import Note, Piece
+from generate.music.render import MIDI_RESOLUTION, SAMPLE_RATE, sensible_register, write_music
 from generate.tokenizers.events import EventTokenizer
 from generate.tokenizers.melody import MelodyTokenizer
-from generate.tokenizers.notes import Note, Piece
 from generate.tokenizers.polyphonic import PolyphonicTokenizer
 
-CFG = SimpleNamespace(qpm=90.0)
+QPM = 90.0
 
 
 def read_all(paths: list[Path]) -> tuple[pretty_midi.PrettyMIDI, object, wave.Wave_read, object]:
@@ -33,12 +32,12 @@ def read_all(paths: list[Path]) -> tuple[pretty_midi.PrettyMIDI, object, wave.Wa
 def test_melody_sample_files(tmp_path: Path) -> None:
     tok = MelodyTokenizer(48, 84, 4)
     piece = tok.decode([0, tok.note_on(60), 2, 2, 2, tok.note_on(64), 2, 1, 2, tok.note_on(67), 2, 2, 2])  # 13 steps
-    pm, score, wav, png = read_all(write_music(piece, tmp_path / "sample_0", tok, CFG))
+    pm, score, wav, png = read_all(write_music(piece, tmp_path / "sample_0", QPM, **tok.render_hints()))
     notes = pm.instruments[0].notes
     assert [n.pitch for n in notes] == [60, 64, 67]
-    beat = 60 / CFG.qpm
+    beat = 60 / QPM
     assert notes[1].start == pytest.approx(1 * beat, abs=1e-3) and notes[1].end == pytest.approx(1.5 * beat, abs=1e-3)
-    assert pm.resolution == MIDI_RESOLUTION and pm.get_tempo_changes()[1][0] == pytest.approx(CFG.qpm, abs=0.01)
+    assert pm.resolution == MIDI_RESOLUTION and pm.get_tempo_changes()[1][0] == pytest.approx(QPM, abs=0.01)
     assert [p.midi for n in score.flatten().notes for p in n.pitches] == [60, 64, 67]
     assert score.flatten().notes[1].quarterLength == 0.5
     assert wav.getframerate() == SAMPLE_RATE and wav.getnframes() >= int(13 / 4 * beat * SAMPLE_RATE)
@@ -48,17 +47,17 @@ def test_melody_sample_files(tmp_path: Path) -> None:
 def test_polyphonic_sample_spans_two_staves(tmp_path: Path) -> None:
     tok = PolyphonicTokenizer(21, 108, 1)
     piece = tok.decode(tok.encode_roll([[48, 64, 67, 72], [48, 64, 67, 72], [43, 62, 67, 71], []]))
-    pm, score, wav, _ = read_all(write_music(piece, tmp_path / "chorale", tok, CFG))
+    pm, score, wav, _ = read_all(write_music(piece, tmp_path / "chorale", QPM, **tok.render_hints()))
     assert sorted(n.pitch for n in pm.instruments[0].notes) == [43, 48, 62, 64, 67, 71, 72]  # held 67 is one note
     assert len(score.parts) == 2
     assert sorted(p.midi for n in score.flatten().notes for p in n.pitches) == [43, 48, 62, 64, 67, 67, 71, 72]
-    assert wav.getnframes() >= int(4 * 60 / CFG.qpm * SAMPLE_RATE)  # the trailing silent step is kept
+    assert wav.getnframes() >= int(4 * 60 / QPM * SAMPLE_RATE)  # the trailing silent step is kept
 
 
 def test_event_sample_keeps_velocity_and_timing(tmp_path: Path) -> None:
     tok = EventTokenizer(21, 108)
     piece = Piece([Note(60, 0.0, 0.37, 30), Note(67, 0.25, 1.0, 110)], unit="second")
-    pm, score, _, _ = read_all(write_music(tok.decode(tok.encode(piece)), tmp_path / "perf", tok, CFG))
+    pm, score, _, _ = read_all(write_music(tok.decode(tok.encode(piece)), tmp_path / "perf", QPM, **tok.render_hints()))
     notes = sorted(pm.instruments[0].notes, key=lambda n: n.start)
     assert [(n.pitch, round(n.start, 2), round(n.end, 2)) for n in notes] == [(60, 0.0, 0.37), (67, 0.25, 1.0)]
     assert notes[0].velocity < 40 < 100 < notes[1].velocity
@@ -67,7 +66,7 @@ def test_event_sample_keeps_velocity_and_timing(tmp_path: Path) -> None:
 
 def test_empty_sample_still_writes_valid_files(tmp_path: Path) -> None:
     tok = MelodyTokenizer(48, 84, 4)
-    pm, score, wav, _ = read_all(write_music(tok.decode([0, 2, 2, 2, 2]), tmp_path / "silence", tok, CFG))
+    pm, score, wav, _ = read_all(write_music(tok.decode([0, 2, 2, 2, 2]), tmp_path / "silence", QPM, **tok.render_hints()))
     assert not any(i.notes for i in pm.instruments) and not score.flatten().notes
     assert wav.getnframes() > 0
 
@@ -75,11 +74,11 @@ def test_empty_sample_still_writes_valid_files(tmp_path: Path) -> None:
 def test_melody_written_in_a_sensible_register() -> None:
     tok = MelodyTokenizer(0, 127, 4)
     low = Piece([Note(30, 0, 1), Note(34, 1, 2)])
-    assert [n.pitch for n in sensible_register(low, tok).notes] == [54, 58]
+    assert tok.render_hints()["melody"] and [n.pitch for n in sensible_register(low).notes] == [54, 58]
     middle = Piece([Note(60, 0, 1)])
-    assert sensible_register(middle, tok) is middle
+    assert sensible_register(middle) is middle
     poly = PolyphonicTokenizer()
-    assert sensible_register(low, poly) is low  # a bass part stays where it is
+    assert not poly.render_hints()["melody"]  # a bass part stays where it is: only melodies are moved
 
 
 @pytest.fixture(scope="module")
@@ -97,34 +96,28 @@ def sequence_log_prob(model: GRULanguageModel, prime: list[int], row: list[int])
 
 
 def test_beam_search_finds_likelier_sequences_than_greedy(tiny_model: GRULanguageModel) -> None:
-    from generate.sample import generate
-
-    cfg = SimpleNamespace(num_samples=1, beam_size=1, length=6, temperature=0.0, top_k=0, top_p=1.0, seed=0)
-    greedy = generate(tiny_model, [0], cfg, torch.device("cpu"))[0].tolist()
-    cfg.beam_size = 8
-    beam = beam_search(tiny_model, [0], cfg, torch.device("cpu"))
+    greedy = tiny_model.generate([0], 6, temperature=0)[0].tolist()
+    beam = beam_search(tiny_model, [0], 6, 8, temperature=0)
     assert beam.shape == (1, 6)
     assert sequence_log_prob(tiny_model, [0], beam[0].tolist()) >= sequence_log_prob(tiny_model, [0], greedy) - 1e-5
-    cfg.beam_size = 1
-    assert beam_search(tiny_model, [0], cfg, torch.device("cpu"))[0].tolist() == greedy  # width 1 is greedy
+    assert beam_search(tiny_model, [0], 6, 1, temperature=0)[0].tolist() == greedy  # width 1 is greedy
 
 
 def test_wide_beam_is_exhaustive_search(tiny_model: GRULanguageModel) -> None:
     import itertools
 
     # A beam as wide as vocab**(length-1) keeps every prefix, so it must find the most likely sequence.
-    cfg = SimpleNamespace(num_samples=1, beam_size=144, length=3, temperature=0.0, top_k=0, top_p=1.0, seed=0)
-    found = beam_search(tiny_model, [0], cfg, torch.device("cpu"))[0].tolist()
+    found = beam_search(tiny_model, [0], 3, 144, temperature=0)[0].tolist()
     best = max(itertools.product(range(12), repeat=3), key=lambda row: sequence_log_prob(tiny_model, [0], list(row)))
     assert found == list(best)
 
 
 def test_stochastic_beam_search_follows_the_seed(tiny_model: GRULanguageModel) -> None:
-    cfg = SimpleNamespace(num_samples=3, beam_size=3, length=10, temperature=1.0, top_k=0, top_p=0.9, seed=5)
-    first = beam_search(tiny_model, [0, 3], cfg, torch.device("cpu"))
-    assert torch.equal(first, beam_search(tiny_model, [0, 3], cfg, torch.device("cpu")))
+    settings = {"num_samples": 3, "temperature": 1.0, "top_p": 0.9, "seed": 5}
+    first = beam_search(tiny_model, [0, 3], 10, 3, **settings)
+    assert torch.equal(first, beam_search(tiny_model, [0, 3], 10, 3, **settings))
     assert first.shape == (3, 10) and int(first.max()) < 12
     zeros = torch.zeros(2, 1, 16)
-    assert torch.equal(first, beam_search(tiny_model, [0, 3], cfg, torch.device("cpu"), hidden=zeros))
-    other = beam_search(tiny_model, [0, 3], cfg, torch.device("cpu"), hidden=torch.ones(2, 1, 16))
+    assert torch.equal(first, beam_search(tiny_model, [0, 3], 10, 3, **settings, hidden=zeros))
+    other = beam_search(tiny_model, [0, 3], 10, 3, **settings, hidden=torch.ones(2, 1, 16))
     assert not torch.equal(first, other)  # the starting state is used

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from generate import train as train_module
+from generate import trainer as train_module
 from generate.checkpoint import load_checkpoint
-from generate.train import KILL_AFTER_SAVE_ENV, train
+from generate.cli import run_train as train
 from tests.conftest import compose_config, run_cli, train_overrides
 
 # Dropout on, so the restored random streams matter; eval_every not a multiple of log_every, so a
@@ -54,12 +54,11 @@ def test_resume_after_sigkill_is_bit_exact(small_text: Path, tmp_path: Path, mon
     whole = run_cli("train", *overrides(small_text, tmp_path, "whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
 
-    monkeypatch.setenv(KILL_AFTER_SAVE_ENV, "1")  # SIGKILL right after the step-8 checkpoint
-    killed = run_cli("train", *overrides(small_text, tmp_path, "cut"))
+    # SIGKILL right after the step-8 checkpoint (tests/kill_after_save.py wraps the train CLI)
+    killed = run_cli("train", *overrides(small_text, tmp_path, "cut"), kill_after_save=1)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     cut = tmp_path / "checkpoints" / "cut"
     assert load_checkpoint(cut / "last.pt")["step"] == 8
-    monkeypatch.delenv(KILL_AFTER_SAVE_ENV)
 
     resumed = run_cli("train", *overrides(small_text, tmp_path, "cut", "train.resume=true"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from generate.checkpoint import build_model, load_checkpoint
-from generate.runtime import UserError
-from generate.sample import check_settings, filter_logits, generate, sample
+from generate.cli import run_sample as sample
+from generate.decoding import check_sampling, filter_logits
+from generate.errors import UserError
 from tests.conftest import compose_config
 
 
@@ -38,9 +39,8 @@ def test_carried_state_equals_rerunning_the_whole_sequence(text_checkpoint: Path
     """Step-by-step generation with the carried hidden state is the same model as one full pass."""
     ckpt = load_checkpoint(text_checkpoint)
     model = build_model(ckpt).eval()
-    cfg = compose_config("sample", ["temperature=0", "length=40", "num_samples=1"])
     prime = [1, 2, 3]
-    generated = generate(model, prime, cfg, torch.device("cpu"))[0].tolist()
+    generated = model.generate(prime, 40, temperature=0)[0].tolist()  # nanoGPT's spelling
     with torch.no_grad():
         logits, _ = model(torch.tensor([prime + generated]))
     greedy = logits[0, len(prime) - 1 : -1].argmax(-1).tolist()
@@ -81,7 +81,8 @@ def test_filter_logits_top_k_and_top_p() -> None:
 )
 def test_out_of_range_settings_are_refused(setting: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        check_settings(compose_config("sample", [setting]))
+        cfg = compose_config("sample", [setting])
+        check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.length, cfg.num_samples, cfg.beam_size)
 
 
 def test_unseen_prompt_characters_are_named(text_checkpoint: Path, tmp_path: Path) -> None:
@@ -91,7 +92,7 @@ def test_unseen_prompt_characters_are_named(text_checkpoint: Path, tmp_path: Pat
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_trained_checkpoint_samples_on_cpu(tmp_path: Path) -> None:
-    from generate.train import train
+    from generate.cli import run_train as train
     from tests.conftest import train_overrides
 
     text = tmp_path / "t.txt"

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generate.music import Extraction, process_midi_file, process_score_file
+from generate.music.notes import Note, Piece
+from generate.sources.music import process_midi_file, process_score_file
 from generate.tokenizers import tokenizer_from_dict
 from generate.tokenizers.events import EventTokenizer, bin_velocity, velocity_bin
 from generate.tokenizers.melody import MelodyTokenizer
-from generate.tokenizers.notes import Note, Piece
 from generate.tokenizers.polyphonic import PolyphonicTokenizer
 from tests.music_helpers import song
 
@@ -49,7 +49,7 @@ def assert_round_trip(tokenizer, ids: list[int]) -> None:
 @pytest.mark.parametrize("kind", sorted(TOKENIZERS))
 def test_round_trip_on_synthesized_midi(kind: str, synthesized_midi: Path) -> None:
     tokenizer = TOKENIZERS[kind]
-    result = process_midi_file(("song.mid", str(synthesized_midi)), Extraction(tokenizer, min_melody_steps=4))
+    result = process_midi_file(("song.mid", str(synthesized_midi)), tokenizer, tokenizer.extraction(min_melody_steps=4))
     assert result.reason is None
     for docs in result.docs:
         assert_round_trip(tokenizer, docs[0])
@@ -58,7 +58,7 @@ def test_round_trip_on_synthesized_midi(kind: str, synthesized_midi: Path) -> No
 @pytest.mark.parametrize("kind", sorted(TOKENIZERS))
 def test_round_trip_on_a_music21_chorale(kind: str, chorale_path: str) -> None:
     tokenizer = TOKENIZERS[kind]
-    result = process_score_file(("bwv269", chorale_path), Extraction(tokenizer, part="soprano"))
+    result = process_score_file(("bwv269", chorale_path), tokenizer, tokenizer.extraction(part="soprano"))
     assert result.reason is None and result.docs
     for docs in result.docs:
         assert_round_trip(tokenizer, docs[0])
@@ -66,7 +66,7 @@ def test_round_trip_on_a_music21_chorale(kind: str, chorale_path: str) -> None:
 
 def test_chorale_melody_is_the_soprano_line(chorale_path: str) -> None:
     tokenizer = TOKENIZERS["melody"]
-    result = process_score_file(("bwv269", chorale_path), Extraction(tokenizer, part="soprano"))
+    result = process_score_file(("bwv269", chorale_path), tokenizer, tokenizer.extraction(part="soprano"))
     piece = tokenizer.decode(result.docs[0][0])
     # bwv269 opens G4 G4 D5 B4 in the soprano (music21's corpus); the alto starts on D4.
     assert [n.pitch for n in piece.notes[:4]] == [67, 67, 74, 71]

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from generate.checkpoint import build_model, build_tokenizer, load_checkpoint
-from generate.runtime import UserError
-from generate.train import lr_at, train
+from generate.cli import run_train as train
+from generate.errors import UserError
+from generate.trainer import lr_at
 from tests.conftest import compose_config, run_cli, train_overrides
 
 
@@ -24,7 +25,7 @@ def test_training_writes_checkpoints_metrics_and_plot_and_learns(small_text: Pat
     cfg = text_run(small_text, tmp_path, f"model.reset_after={str(reset_after).lower()}", "train.max_steps=40")
     summary = train(cfg)
     run_dir = tmp_path / "checkpoints" / "text"
-    assert Path(summary["run_dir"]) == run_dir
+    assert Path(summary.run_dir) == run_dir
     for name in ("last.pt", "best.pt", "metrics.jsonl", "loss.png"):
         assert (run_dir / name).is_file(), name
 
@@ -36,7 +37,7 @@ def test_training_writes_checkpoints_metrics_and_plot_and_learns(small_text: Pat
 
     # Uniform guessing costs ln(vocab) nats; 40 steps on a repetitive text must do much better.
     vocab = build_tokenizer(ckpt).vocab_size
-    assert summary["best_val"] < 0.85 * math.log(vocab)
+    assert summary.best_val < 0.85 * math.log(vocab)
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val_rows = [r for r in rows if "val_loss" in r]
@@ -55,7 +56,7 @@ def test_rerun_without_resume_refuses_to_overwrite(small_text: Path, tmp_path: P
         train(text_run(small_text, tmp_path, "train.max_steps=5", "train.eval_every=5"))
     # Resuming with a larger step budget continues where the run stopped.
     summary = train(text_run(small_text, tmp_path, "train.max_steps=10", "train.eval_every=5", "train.resume=true"))
-    assert summary["step"] == 10
+    assert summary.step == 10
 
 
 def test_learning_rate_warms_up_then_decays_by_cosine() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from generate.runtime import UserError
+from generate.errors import UserError
 from generate.tokenizers.base import Tokenizer
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from generate.tokenizers import register
-from generate.tokenizers.notes import SECOND, MusicTokenizer, Note, Piece
+from generate.music.extract import Extraction, performance_pieces
+from generate.music.notes import SECOND, Note, Piece, Track
+from generate.tokenizers.music import MusicTokenizer
 
 TICKS_PER_SECOND = 100  # one TIME_SHIFT step is 10 ms
 MAX_SHIFT = 100  # the longest single shift: 1 s; longer gaps are several shifts
@@ -23,7 +25,6 @@ def bin_velocity(index: int) -> int:
     return index * 128 // VELOCITY_BINS + 128 // VELOCITY_BINS // 2
 
 
-@register
 class EventTokenizer(MusicTokenizer):
     """Vocabulary: 0 SEP, then NOTE_ON(p) and NOTE_OFF(p) for p in min..max pitch, TIME_SHIFT(1..100
     ticks of 10 ms) and VELOCITY(0..31), the performance representation of Oore et al. (2018).
@@ -131,6 +132,13 @@ class EventTokenizer(MusicTokenizer):
         for pitch in list(sounding):
             end(pitch)
         return Piece(notes, now / TICKS_PER_SECOND, SECOND)
+
+    def extract(self, tracks: list[Track], ex: Extraction, counts: Counter) -> list[Piece]:
+        return performance_pieces(tracks, ex, counts)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> EventTokenizer:
+        return cls(settings.min_pitch, settings.max_pitch)
 
     def to_dict(self) -> dict[str, Any]:
         return {

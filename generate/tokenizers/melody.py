@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from generate.tokenizers import register
-from generate.tokenizers.notes import MusicTokenizer, Note, Piece, make_monophonic, to_steps
+from generate.music.extract import Extraction, melody_pieces
+from generate.music.notes import Note, Piece, Track, grid_line, line_piece
+from generate.tokenizers.music import MusicTokenizer
 
 
-@register
+def to_grid(notes: list[Note], spq: int) -> list[tuple[int, int, int, int]]:
+    """Notes already on the grid → grid tuples (exact: times are multiples of 1/spq)."""
+    return [(round(n.start * spq), round(n.end * spq), n.pitch, n.velocity) for n in notes]
+
+
 class MelodyTokenizer(MusicTokenizer):
     """Vocabulary: 0 SEP (between pieces), 1 NOTE_OFF, 2 HOLD, then NOTE_ON(p) for p in min..max pitch.
 
@@ -24,6 +30,7 @@ class MelodyTokenizer(MusicTokenizer):
     """
 
     kind: ClassVar[str] = "melody"
+    monophonic: ClassVar[bool] = True
     NOTE_OFF: ClassVar[int] = 1
     HOLD: ClassVar[int] = 2
     FIRST_PITCH: ClassVar[int] = 3
@@ -31,7 +38,7 @@ class MelodyTokenizer(MusicTokenizer):
     def __init__(self, min_pitch: int = 21, max_pitch: int = 108, steps_per_quarter: int = 4, monophony: str = "highest"):
         super().__init__(min_pitch, max_pitch)
         self.steps_per_quarter = int(steps_per_quarter)
-        self.monophony = monophony
+        self.monophony = str(getattr(monophony, "value", monophony))
 
     @property
     def vocab_size(self) -> int:
@@ -44,7 +51,9 @@ class MelodyTokenizer(MusicTokenizer):
 
     def encode(self, item: Piece) -> list[int]:
         """A monophonic piece in quarter notes → one token per grid step (overlaps cut by `monophony`)."""
-        line = make_monophonic(to_steps(item.notes, self.steps_per_quarter), self.monophony)
+        spq = self.steps_per_quarter
+        # Extraction already made the piece one line on this grid: it is quantized once, there.
+        line = to_grid(item.notes, spq) if item.line_grid == spq else grid_line(item.notes, spq, self.monophony)
         length = max([round(item.duration * self.steps_per_quarter)] + [end for _, end, _, _ in line])
         tokens = [self.HOLD] * length
         sounding_until = None  # the step the previous note ends at
@@ -85,8 +94,17 @@ class MelodyTokenizer(MusicTokenizer):
     def piece_from_notes(self, notes: list[Note], duration: float) -> Piece:
         # A primer may be a chord-laden file: it becomes one line by the dataset's monophony rule.
         spq = self.steps_per_quarter
-        line = make_monophonic(to_steps(notes, spq), self.monophony)
-        return Piece([Note(p, s / spq, e / spq, v) for s, e, p, v in line], duration)
+        return line_piece(grid_line(notes, spq, self.monophony), spq, duration)
+
+    def extract(self, tracks: list[Track], ex: Extraction, counts: Counter) -> list[Piece]:
+        return melody_pieces(tracks, ex, counts)
+
+    def render_hints(self) -> dict[str, Any]:
+        return {"grand_staff": False, "melody": True, "label": self.kind}
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> MelodyTokenizer:
+        return cls(settings.min_pitch, settings.max_pitch, settings.steps_per_quarter, str(settings.monophony.value))
 
     def to_dict(self) -> dict[str, Any]:
         return {

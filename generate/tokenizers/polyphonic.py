@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from generate.tokenizers import register
-from generate.tokenizers.notes import MusicTokenizer, Note, Piece, to_steps
+from generate.music.extract import Extraction, roll_pieces
+from generate.music.notes import Note, Piece, Track, to_steps
+from generate.tokenizers.music import MusicTokenizer
 
 
-@register
 class PolyphonicTokenizer(MusicTokenizer):
     """Vocabulary: 0 SEP (between pieces), 1 STEP (end of a time step), then one token per pitch.
 
@@ -96,6 +97,13 @@ class PolyphonicTokenizer(MusicTokenizer):
     def count_time_steps(self, ids: Sequence[int]) -> int:
         """Time steps in a document: one per STEP token (evaluate divides the NLL by this)."""
         return sum(1 for token in ids if int(token) == self.STEP)
+
+    def extract(self, tracks: list[Track], ex: Extraction, counts: Counter) -> list[Piece]:
+        return roll_pieces(tracks, ex, counts)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PolyphonicTokenizer:
+        return cls(settings.min_pitch, settings.max_pitch, settings.steps_per_quarter)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,4 @@
-"""Music out: a decoded Piece → .mid (pretty_midi), .musicxml (music21), .wav (pretty_midi + wave), piano-roll .png."""
+"""Music out: a decoded Piece → .mid (pretty_midi), .musicxml (music21), .wav, piano-roll .png."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from generate.tokenizers.notes import Note, Piece
+from generate.music.notes import Note, Piece
 
 MIDI_RESOLUTION = 480  # music21's 10080 ticks/quarter makes pretty_midi reject long files as corrupt
 SAMPLE_RATE = 22050
@@ -18,9 +18,9 @@ SPLIT_PITCH = 60  # polyphonic scores: middle C and up on the treble staff, the 
 MELODY_REGISTER = (48, 84)  # a melody whose median pitch falls outside C3..C6 is moved by octaves
 
 
-def sensible_register(piece: Piece, tokenizer: Any) -> Piece:
-    """Move a melody by whole octaves so its median pitch lies in C3..C6 (other music is left as is)."""
-    if tokenizer.kind != "melody" or not piece.notes:
+def sensible_register(piece: Piece) -> Piece:
+    """Move a melody by whole octaves so its median pitch lies in C3..C6."""
+    if not piece.notes:
         return piece
     median = statistics.median(n.pitch for n in piece.notes)
     low, high = MELODY_REGISTER
@@ -137,15 +137,24 @@ def write_piano_roll(pm: Any, path: Path, title: str) -> Path:
     return path
 
 
-def write_music(item: Piece, path_stem: Path, tokenizer: Any, cfg: Any) -> list[Path]:
-    """One decoded sample → path_stem.mid, .musicxml, .wav and .png; returns the paths written."""
-    piece = sensible_register(item, tokenizer)
+def write_music(
+    piece: Piece, path_stem: str | Path, qpm: float = 120.0, *, grand_staff: bool = True, melody: bool = False,
+    label: str = "",
+) -> list[Path]:
+    """One decoded piece → path_stem.mid, .musicxml, .wav and .png; returns the paths written.
+
+    The tokenizer's rendering hints: `melody` moves a melody into a sensible register and writes one
+    staff; `grand_staff` lets polyphonic music spread over treble and bass staves.
+    """
+    if melody:
+        piece = sensible_register(piece)
     path_stem = Path(path_stem)
-    pm = to_pretty_midi(piece, cfg.qpm)
-    seconds = piece.in_seconds(cfg.qpm).duration
+    pm = to_pretty_midi(piece, qpm)
+    seconds = piece.in_seconds(qpm).duration
+    title = f"{path_stem.name} ({label})" if label else path_stem.name
     return [
         write_midi(pm, path_stem.with_name(path_stem.name + ".mid")),
-        write_musicxml(piece, path_stem.with_name(path_stem.name + ".musicxml"), cfg.qpm, tokenizer.kind != "melody"),
+        write_musicxml(piece, path_stem.with_name(path_stem.name + ".musicxml"), qpm, grand_staff and not melody),
         write_wav(pm, path_stem.with_name(path_stem.name + ".wav"), seconds),
-        write_piano_roll(pm, path_stem.with_name(path_stem.name + ".png"), f"{path_stem.name} ({tokenizer.kind})"),
+        write_piano_roll(pm, path_stem.with_name(path_stem.name + ".png"), title),
     ]

@@ -1,0 +1,233 @@
+"""The public Python API: load a model, sample and score with it, tokenize a dataset, train a model."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from generate.checkpoint import build_model, build_tokenizer, load_checkpoint, resolve_checkpoint
+from generate.config import (
+    CONFIG_DIR,
+    DatasetConfig,
+    ModelConfig,
+    TrainConfig,
+    TrainRunConfig,
+    dataset_from_checkpoint,
+    with_settings,
+)
+from generate.data import load_corpus
+from generate.decoding import beam_search, check_sampling, generate_tokens
+from generate.errors import UserError
+from generate.music.notes import Piece
+from generate.runtime import resolve_device
+from generate.scoring import EvalResult, score_documents
+from generate.sources import SPLITS, Corpus
+from generate.tokenizers import MusicTokenizer, Tokenizer
+from generate.trainer import RunSummary, train_run
+
+
+class TextSample(str):
+    """A generated text: a str that can also write itself to a file."""
+
+    def write(self, path: str | Path) -> Path:
+        Path(path).write_text(self, encoding="utf-8")
+        return Path(path)
+
+
+class MusicSample:
+    """A generated piece with the rendering hints of its tokenizer: write it as MIDI, MusicXML, WAV or PNG."""
+
+    def __init__(self, piece: Piece, hints: dict[str, Any], qpm: float = 120.0):
+        self.piece, self.hints, self.qpm = piece, hints, qpm
+
+    def write(self, path_stem: str | Path) -> list[Path]:
+        """path_stem.mid, .musicxml, .wav and a piano-roll .png; returns the paths written."""
+        from generate.music.render import write_music
+
+        Path(path_stem).parent.mkdir(parents=True, exist_ok=True)
+        return write_music(self.piece, path_stem, self.qpm, **self.hints)
+
+    def to_midi(self) -> Any:
+        """A pretty_midi.PrettyMIDI of the piece (call .write(path) on it for a .mid file)."""
+        from generate.music.render import sensible_register, to_pretty_midi
+
+        return to_pretty_midi(sensible_register(self.piece) if self.hints.get("melody") else self.piece, self.qpm)
+
+    def to_musicxml(self, path: str | Path) -> Path:
+        from generate.music.render import write_musicxml
+
+        return write_musicxml(self.piece, Path(path), self.qpm, self.hints.get("grand_staff", True) and not self.hints.get("melody"))
+
+    def to_wav(self, path: str | Path) -> Path:
+        from generate.music.render import write_wav
+
+        return write_wav(self.to_midi(), Path(path), self.piece.in_seconds(self.qpm).duration)
+
+    def __repr__(self) -> str:
+        return f"MusicSample({len(self.piece.notes)} notes, {self.piece.in_seconds(self.qpm).duration:.1f} s)"
+
+
+class Model:
+    """A trained GRU language model and its tokenizer, rebuilt from a checkpoint (data only)."""
+
+    def __init__(self, checkpoint: dict[str, Any], path: Path, device: torch.device | str = "cpu", origin: str = "given"):
+        self.path, self.checkpoint, self.origin = path, checkpoint, origin
+        self.device = resolve_device(device)
+        self.net = build_model(checkpoint, self.device)
+        self.tokenizer: Tokenizer = build_tokenizer(checkpoint)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path | None = None, device: str = "cpu") -> Model:
+        """A shipped model by name (shakespeare, bach, jsb, ...), a checkpoint path, or None for the default."""
+        path, origin = resolve_checkpoint(name_or_path)
+        return cls(load_checkpoint(path), path, device, origin)
+
+    @property
+    def is_music(self) -> bool:
+        return isinstance(self.tokenizer, MusicTokenizer)
+
+    def card(self) -> dict[str, Any]:
+        """What this model is: dataset, tokenizer, size, training steps and validation loss."""
+        config = self.checkpoint.get("config", {})
+        return {
+            "path": str(self.path),
+            "dataset": config.get("dataset", {}).get("name", "?"),
+            "tokenizer": self.tokenizer.kind,
+            "parameters": self.net.num_parameters(),
+            "layers": self.net.spec.num_layers,
+            "hidden_size": self.net.spec.hidden_size,
+            "steps": self.checkpoint.get("step"),
+            "val_loss": self.checkpoint.get("val_loss"),
+        }
+
+    def prime(self, prompt: str = "", primer: str | Path | None = None) -> tuple[list[int], bool]:
+        """The ids generation starts from, and whether they belong in the output."""
+        if prompt and primer:
+            raise UserError("prompt= and primer= cannot be used together; give one of them")
+        if primer:
+            if not isinstance(self.tokenizer, MusicTokenizer):
+                raise UserError("primer= is a MIDI file for music models; this is a text model, use prompt=\"...\"")
+            return self.tokenizer.encode_primer(primer), True
+        if prompt:
+            if self.is_music:
+                raise UserError("prompt= is text for text models; for a music model give primer=FILE.mid")
+            return self.tokenizer.encode(prompt), True
+        return self.tokenizer.start_ids(), False
+
+    def sample(
+        self, prompt: str = "", *, primer: str | Path | None = None, temperature: float = 1.0, top_k: int = 0,
+        top_p: float = 1.0, length: int = 200, num_samples: int = 1, seed: int | None = None, beam_size: int = 1,
+        qpm: float = 120.0,
+    ) -> list[TextSample] | list[MusicSample]:
+        """Generate `num_samples` continuations of `prompt` (text) or `primer` (a MIDI file, music).
+
+        `seed=None` draws a fresh seed; the same seed and settings give the same samples.
+        """
+        check_sampling(temperature, top_k, top_p, length, num_samples, beam_size)
+        seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+        prime, keep = self.prime(prompt, primer)
+        settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "num_samples": num_samples,
+                    "seed": seed, "device": self.device}
+        if beam_size > 1:
+            rows = beam_search(self.net, prime, length, beam_size, **settings)
+        else:
+            rows = generate_tokens(self.net, prime, length, **settings)
+        return self.decode([(prime if keep else []) + row for row in rows.tolist()], qpm)
+
+    def decode(self, rows: list[list[int]], qpm: float = 120.0) -> list[TextSample] | list[MusicSample]:
+        if isinstance(self.tokenizer, MusicTokenizer):
+            hints = self.tokenizer.render_hints()
+            return [MusicSample(self.tokenizer.decode(ids), hints, qpm) for ids in rows]
+        return [TextSample(self.tokenizer.decode(ids)) for ids in rows]
+
+    def score(self, item: str | Piece) -> EvalResult:
+        """The model's loss on one text or piece, read from a fresh state (nats and bits per token)."""
+        ids = self.tokenizer.encode(item)
+        return score_documents(self.net, self.tokenizer, [ids], batch_size=1, device=self.device)
+
+    def dataset(self, dataset_path: str | None = None) -> Corpus:
+        """The dataset this model was trained on, tokenized (from the cache when it is there)."""
+        if "config" not in self.checkpoint:
+            raise UserError(f"{self.path} does not record the dataset it was trained on")
+        settings = dataset_from_checkpoint(self.checkpoint["config"]["dataset"])
+        if dataset_path:
+            settings.path = dataset_path
+        corpus = load_corpus(settings)
+        if corpus.tokenizer.to_dict() != self.tokenizer.to_dict():
+            raise UserError(
+                f"the dataset at {settings.path} no longer tokenizes the way this checkpoint was trained; "
+                "evaluate on the data it was trained on (dataset_path=...)"
+            )
+        return corpus
+
+    def evaluate(
+        self, split: str = "test", *, batch_size: int = 64, seq_len: int = 256, dataset_path: str | None = None
+    ) -> EvalResult:
+        """The loss on a split of the model's own dataset (every token, each document from a fresh state)."""
+        split = str(getattr(split, "value", split))
+        if split not in SPLITS:
+            raise UserError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+        corpus = self.dataset(dataset_path)
+        if not corpus.splits[split]:
+            raise UserError(f"the {split} split of this model's dataset is empty")
+        return score_documents(self.net, self.tokenizer, corpus.splits[split], batch_size, seq_len, self.device)
+
+
+def load(name_or_path: str | Path | None = None, device: str = "cpu") -> Model:
+    """A model by shipped name (shakespeare, bach, jsb, ...) or checkpoint path; None: your default run or shakespeare."""
+    return Model.from_pretrained(name_or_path, device)
+
+
+def preset(group: str, name: str, schema: type) -> Any:
+    """conf/<group>/<name>.yaml read onto its schema dataclass (the same presets the CLI composes)."""
+    path = Path(CONFIG_DIR) / group / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise UserError(f"there is no {group} preset {name!r}; known: {', '.join(known)}")
+    values = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(values, dict)
+    values.pop("defaults", None)
+    return with_settings(schema(), group, values)
+
+
+def _route(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flat keyword settings → per section (dataset / model / train), by which schema has the name."""
+    sections: dict[str, dict[str, Any]] = {"dataset": {}, "model": {}, "train": {}}
+    owners = {f.name: section for section, schema in (("dataset", DatasetConfig), ("model", ModelConfig),
+                                                      ("train", TrainConfig)) for f in dataclasses.fields(schema)}
+    for key, value in settings.items():
+        if key not in owners:
+            raise UserError(f"unknown setting {key!r}; settings are the fields of DatasetConfig, ModelConfig and TrainConfig")
+        sections[owners[key]][key] = value
+    return sections
+
+
+def tokenize(dataset: str = "shakespeare", **settings: Any) -> Corpus:
+    """A dataset preset (shakespeare, text, midi, bach, jsb, ...) with `settings` (e.g. path=...) → its Corpus."""
+    config = with_settings(preset("dataset", dataset, DatasetConfig), "dataset", settings)
+    return load_corpus(config)
+
+
+def train(
+    dataset: str = "shakespeare", *, run_name: str | None = None, checkpoints_dir: str = "checkpoints",
+    recipe: str = "default", **settings: Any,
+) -> RunSummary:
+    """Train a model on a dataset preset; any DatasetConfig / ModelConfig / TrainConfig field is a keyword.
+
+    >>> run = generate.train("text", path="input.txt", hidden_size=128, max_steps=200)  # doctest: +SKIP
+    >>> generate.load(run.best_path).sample("ROMEO:", length=100)[0]  # doctest: +SKIP
+    """
+    sections = _route(settings)
+    run = TrainRunConfig(
+        dataset=with_settings(preset("dataset", dataset, DatasetConfig), "dataset", sections["dataset"]),
+        model=with_settings(ModelConfig(), "model", sections["model"]),
+        train=with_settings(preset("train", recipe, TrainConfig), "train", sections["train"]),
+        checkpoints_dir=checkpoints_dir,
+    )
+    run.run_name = run_name or run.dataset.name
+    return train_run(run)

@@ -1,0 +1,169 @@
+"""Tracks → pieces: melodies, piano-roll segments or performances, keys and registers (no tokens here)."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from dataclasses import dataclass
+
+from generate.music.notes import SECOND, GridNote, Note, Piece, Track, grid_line, line_piece, to_steps
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """Every dataset setting that changes how the tracks of a file become pieces."""
+
+    min_pitch: int = 21
+    max_pitch: int = 108
+    steps_per_quarter: int = 4
+    monophony: str = "highest"
+    split_silence_quarters: float = 4.0
+    min_melody_steps: int = 16
+    transpose: str = "none"  # none | c | augment
+    transpose_range: int = 5
+    part: str = ""  # for melodies from scores: take only the part whose name starts with this
+
+    def in_range(self, pitch: int) -> bool:
+        return self.min_pitch <= pitch <= self.max_pitch
+
+    def shifts(self) -> list[int]:
+        """The transpositions each training piece is also seen in (0 first)."""
+        if self.transpose != "augment":
+            return [0]
+        r = self.transpose_range
+        return [0] + [k for k in range(-r, r + 1) if k != 0]
+
+    @property
+    def gap_steps(self) -> int:
+        return max(1, round(self.split_silence_quarters * self.steps_per_quarter))
+
+
+# ---------------------------------------------------------------- keys and registers
+
+
+@functools.cache
+def key_profiles() -> tuple[list[float], list[float]]:
+    # Krumhansl-Kessler probe-tone profiles, as music21 ships them.
+    from music21.analysis.discrete import KrumhanslSchmuckler
+
+    ks = KrumhanslSchmuckler()
+    return ks.getWeights("major"), ks.getWeights("minor")
+
+
+def key_shift(notes: list[Note]) -> int:
+    """Semitones (-6..5) that take the notes' most likely key to C major or A minor.
+
+    The key is the Krumhansl-Schmuckler estimate: the major or minor profile, rotated to each of
+    the 12 tonics, that correlates best with the duration-weighted pitch-class histogram.
+    """
+    import numpy as np
+
+    hist = np.zeros(12)
+    for n in notes:
+        hist[n.pitch % 12] += n.end - n.start
+    if not hist.any():
+        return 0
+    major, minor = (np.asarray(p) for p in key_profiles())
+    best, best_shift = -2.0, 0
+    for tonic in range(12):
+        for profile, target in ((major, 0), (minor, 9)):  # C major / A minor share no sharps or flats
+            score = float(np.corrcoef(hist, np.roll(profile, tonic))[0, 1])
+            if score > best:
+                best, best_shift = score, (target - tonic) % 12
+    return best_shift - 12 if best_shift > 5 else best_shift
+
+
+def fit_octaves(piece: Piece, low: int, high: int) -> Piece | None:
+    """Move a piece by whole octaves (the fewest) so every pitch is in low..high; None if it cannot fit."""
+    span = piece.pitch_range()
+    if span is None:
+        return piece
+    lo, hi = span
+    if hi - lo > high - low:
+        return None
+    octaves = 0
+    while lo + 12 * octaves < low:
+        octaves += 1
+    while hi + 12 * octaves > high:
+        octaves -= 1
+    if lo + 12 * octaves < low:  # the span fits but no whole-octave move lands it
+        return None
+    return piece.transposed(12 * octaves) if octaves else piece
+
+
+# ---------------------------------------------------------------- tracks → pieces
+
+
+def split_at_silences(steps: list[GridNote], gap: int) -> list[list[GridNote]]:
+    """Grid notes (sorted by start) → groups separated by at least `gap` silent steps."""
+    groups: list[list[GridNote]] = []
+    reach = None  # the latest end so far in the current group
+    for note in steps:
+        if reach is None or note[0] - reach >= gap:
+            groups.append([])
+            reach = note[1]
+        groups[-1].append(note)
+        reach = max(reach, note[1])
+    return groups
+
+
+def _from_start(group: list[GridNote]) -> tuple[list[GridNote], int]:
+    """Grid notes → the same notes moved to start at step 0, and their length in steps."""
+    first = min(s for s, _, _, _ in group)
+    return [(s - first, e - first, p, v) for s, e, p, v in group], max(e for _, e, _, _ in group) - first
+
+
+def melody_pieces(tracks: list[Track], ex: Extraction, counts: Counter) -> list[Piece]:
+    """Each non-drum track → one line (monophony rule) → fragments split at long rests, long enough,
+    moved by octaves into the range."""
+    spq = ex.steps_per_quarter
+    pieces = []
+    for track in tracks:
+        if not track.notes:
+            continue
+        counts["tracks read"] += 1
+        for group in split_at_silences(grid_line(track.notes, spq, ex.monophony), ex.gap_steps):
+            counts["fragments"] += 1
+            line, length = _from_start(group)
+            if length < ex.min_melody_steps:
+                counts[f"fragments shorter than {ex.min_melody_steps} steps"] += 1
+                continue
+            fitted = fit_octaves(line_piece(line, spq, length / spq), ex.min_pitch, ex.max_pitch)
+            if fitted is None:
+                counts[f"fragments wider than the range {ex.min_pitch}..{ex.max_pitch}"] += 1
+                continue
+            pieces.append(fitted)
+    return pieces
+
+
+def _in_range(notes: list[Note], ex: Extraction, counts: Counter) -> list[Note]:
+    kept = [n for n in notes if ex.in_range(n.pitch)]
+    if len(kept) < len(notes):
+        counts["notes outside the pitch range dropped"] += len(notes) - len(kept)
+    return kept
+
+
+def roll_pieces(tracks: list[Track], ex: Extraction, counts: Counter) -> list[Piece]:
+    """All non-drum tracks together → segments split at long silences, at least min_melody_steps long."""
+    spq = ex.steps_per_quarter
+    counts["tracks read"] += sum(1 for t in tracks if t.notes)
+    steps = sorted(to_steps(_in_range([n for t in tracks for n in t.notes], ex, counts), spq))
+    pieces = []
+    for group in split_at_silences(steps, ex.gap_steps):
+        counts["fragments"] += 1
+        notes, length = _from_start(group)
+        if length < ex.min_melody_steps:
+            counts[f"fragments shorter than {ex.min_melody_steps} steps"] += 1
+            continue
+        pieces.append(Piece([Note(p, s / spq, e / spq, v) for s, e, p, v in notes], length / spq))
+    return pieces
+
+
+def performance_pieces(tracks: list[Track], ex: Extraction, counts: Counter) -> list[Piece]:
+    """All non-drum tracks together, in seconds, from the first note on: one performance per file."""
+    counts["tracks read"] += sum(1 for t in tracks if t.notes)
+    notes = _in_range([n for t in tracks for n in t.notes], ex, counts)
+    if not notes:
+        return []
+    first = min(n.start for n in notes)
+    return [Piece([Note(n.pitch, n.start - first, n.end - first, n.velocity) for n in notes], 0.0, SECOND)]

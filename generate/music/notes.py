@@ -1,0 +1,104 @@
+"""Notes, tracks and pieces (what music tokenizers encode and decode) and the grid they are quantized to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+QUARTER, SECOND = "quarter", "second"  # the two time units a Piece can be in
+
+GridNote = tuple[int, int, int, int]  # (start_step, end_step, pitch, velocity)
+
+
+@dataclass(frozen=True)
+class Note:
+    pitch: int  # MIDI note number
+    start: float  # in the piece's unit
+    end: float
+    velocity: int = 100
+
+
+@dataclass
+class Track:
+    """One instrument (MIDI) or part (score): its notes in quarters or seconds."""
+
+    notes: list[Note]
+    is_drum: bool = False
+    name: str = ""
+
+
+@dataclass
+class Piece:
+    """Notes in time order. `duration` keeps trailing rests that the notes alone would lose.
+
+    `line_grid` > 0 says the notes already form one monophonic line on a grid of that many steps
+    per quarter (melody extraction made it so), so a melody tokenizer on the same grid need not
+    quantize them again.
+    """
+
+    notes: list[Note]
+    duration: float = 0.0
+    unit: str = QUARTER  # grid tokenizers work in quarter notes, the event tokenizer in seconds
+    line_grid: int = 0
+
+    def __post_init__(self) -> None:
+        self.notes = sorted(self.notes, key=lambda n: (n.start, n.pitch, n.end))
+        self.duration = max([self.duration] + [n.end for n in self.notes])
+
+    def transposed(self, semitones: int) -> Piece:
+        notes = [replace(n, pitch=n.pitch + semitones) for n in self.notes]
+        return Piece(notes, self.duration, self.unit, self.line_grid)
+
+    def pitch_range(self) -> tuple[int, int] | None:
+        if not self.notes:
+            return None
+        pitches = [n.pitch for n in self.notes]
+        return min(pitches), max(pitches)
+
+    def _scaled(self, scale: float, unit: str) -> Piece:
+        notes = [replace(n, start=n.start * scale, end=n.end * scale) for n in self.notes]
+        return Piece(notes, self.duration * scale, unit)
+
+    def in_quarters(self, qpm: float) -> Piece:
+        """The same piece with times in quarter notes (seconds are read at `qpm`)."""
+        return self if self.unit == QUARTER else self._scaled(qpm / 60.0, QUARTER)
+
+    def in_seconds(self, qpm: float) -> Piece:
+        return self if self.unit == SECOND else self._scaled(60.0 / qpm, SECOND)
+
+
+def to_steps(notes: Iterable[Note], steps_per_quarter: int) -> list[GridNote]:
+    """Notes in quarters → (start_step, end_step, pitch, velocity) on the grid; every note lasts ≥ 1 step."""
+    out = []
+    for n in notes:
+        start = round(n.start * steps_per_quarter)
+        end = max(start + 1, round(n.end * steps_per_quarter))
+        out.append((start, end, n.pitch, n.velocity))
+    return out
+
+
+def make_monophonic(steps: list[GridNote], rule: str = "highest") -> list[GridNote]:
+    """Grid notes → one line: of notes starting on the same step the highest (or lowest) wins,
+    and each note is cut off where the next one starts (Magenta's melody extraction does the same)."""
+    sign = -1 if str(getattr(rule, "value", rule)) == "highest" else 1
+    ordered = sorted(steps, key=lambda s: (s[0], sign * s[2]))
+    line: list[GridNote] = []
+    for start, end, pitch, velocity in ordered:
+        if line and line[-1][0] == start:
+            continue  # a lower (or higher) note of the same chord
+        if line and line[-1][1] > start:
+            prev = line[-1]
+            line[-1] = (prev[0], start, prev[2], prev[3])
+        line.append((start, end, pitch, velocity))
+    return line
+
+
+def grid_line(notes: Iterable[Note], steps_per_quarter: int, rule: str) -> list[GridNote]:
+    """Notes in quarters → one monophonic line on the grid: the single place melodies are quantized."""
+    return make_monophonic(to_steps(notes, steps_per_quarter), rule)
+
+
+def line_piece(line: list[GridNote], steps_per_quarter: int, duration: float) -> Piece:
+    """A grid line → a Piece marked as already quantized (see Piece.line_grid)."""
+    spq = steps_per_quarter
+    return Piece([Note(p, s / spq, e / spq, v) for s, e, p, v in line], duration, QUARTER, spq)

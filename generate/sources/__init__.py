@@ -1,0 +1,30 @@
+"""Raw inputs → a tokenizer and token documents per split; one static registry of sources."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from generate.errors import UserError
+from generate.sources import benchmark, music, text
+from generate.sources.corpus import SPLITS, Corpus
+
+# dataset.source → (fingerprint(cfg) -> str, build(cfg) -> Corpus). Heavy libraries (music21,
+# pretty_midi) are imported inside the functions, so text-only use never pays for them.
+SOURCES: dict[str, tuple[Callable[[Any], str], Callable[[Any], Corpus]]] = {
+    "text": (text.fingerprint, text.build),
+    "midi": (music.midi_fingerprint, music.build_midi),
+    "scores": (music.scores_fingerprint, music.build_scores),
+    "bach": (music.bach_fingerprint, music.build_bach),
+    "benchmark": (benchmark.fingerprint, benchmark.build),
+}
+
+
+def get_source(name: Any) -> tuple[Callable[[Any], str], Callable[[Any], Corpus]]:
+    name = getattr(name, "value", name)
+    if name not in SOURCES:
+        raise UserError(f"unknown dataset.source={name!r}; choose one of {sorted(SOURCES)}")
+    return SOURCES[name]
+
+
+__all__ = ["SOURCES", "SPLITS", "Corpus", "get_source"]

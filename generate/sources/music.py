@@ -1,0 +1,302 @@
+"""Music sources: MIDI folders, score folders and music21's Bach chorales → token documents per split."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from generate.errors import UserError
+from generate.music.extract import Extraction, key_profiles, key_shift
+from generate.music.notes import Note, Track
+from generate.music.read import midi_tracks, read_midi, read_scores, score_tracks
+from generate.sources.corpus import Corpus
+from generate.sources.files import folder_fingerprint, list_files, run_files
+from generate.tokenizers import MUSIC_TOKENIZERS, MusicTokenizer
+
+# Part of every music fingerprint: bump when extraction changes what tokens a file gives.
+EXTRACT_VERSION = 3
+MIDI_SUFFIXES = (".mid", ".midi")
+SCORE_SUFFIXES = (".xml", ".musicxml", ".mxl", ".abc", ".krn")
+SHUFFLE_SEED = 0  # training pieces are shuffled the same way on every machine, so caches agree
+
+
+def make_tokenizer(cfg: Any) -> MusicTokenizer:
+    """The music tokenizer that dataset.tokenizer names, built from the dataset settings."""
+    if cfg.steps_per_quarter < 1:
+        raise UserError(f"dataset.steps_per_quarter={cfg.steps_per_quarter} must be >= 1")
+    kind = cfg.tokenizer.value
+    if kind not in MUSIC_TOKENIZERS:
+        raise UserError(f"dataset.tokenizer={kind} does not read music; choose one of {', '.join(MUSIC_TOKENIZERS)}")
+    return MUSIC_TOKENIZERS[kind].from_settings(cfg)
+
+
+def make_extraction(cfg: Any, tokenizer: MusicTokenizer, part: str = "") -> Extraction:
+    return tokenizer.extraction(
+        steps_per_quarter=cfg.steps_per_quarter,
+        monophony=cfg.monophony.value,
+        split_silence_quarters=cfg.split_silence_quarters,
+        min_melody_steps=cfg.min_melody_steps,
+        transpose=cfg.transpose.value,
+        transpose_range=cfg.transpose_range,
+        part=part,
+    )
+
+
+def settings_key(cfg: Any) -> str:
+    """Every dataset setting that changes the tokens, as text for a fingerprint."""
+    keys = (
+        "tokenizer", "steps_per_quarter", "min_pitch", "max_pitch", "monophony", "split_silence_quarters",
+        "min_melody_steps", "transpose", "transpose_range", "max_files", "val_fraction", "test_fraction",
+    )
+    values = [getattr(cfg, k) for k in keys]
+    return f"extract-v{EXTRACT_VERSION}|" + "|".join(f"{k}={getattr(v, 'value', v)}" for k, v in zip(keys, values))
+
+
+@dataclass
+class FileResult:
+    """One file's outcome: why it was skipped, or its pieces as token lists per transposition."""
+
+    name: str
+    reason: str | None = None
+    docs: list[dict[int, list[int]]] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+
+def _nothing_kept(counts: Counter, ex: Extraction) -> str:
+    """The true reason a file with notes gave no piece, from what extraction counted."""
+    if any(k.startswith("fragments shorter") for k in counts) and not any(k.startswith("fragments wider") for k in counts):
+        return f"nothing at least {ex.min_melody_steps} steps long"
+    if any(k.startswith("fragments wider") for k in counts):
+        return f"every fragment too wide for the range {ex.min_pitch}..{ex.max_pitch} (or too short)"
+    return f"no notes in the pitch range {ex.min_pitch}..{ex.max_pitch}"
+
+
+def tokenize_tracks(name: str, tracks: list[Track], tok: MusicTokenizer, ex: Extraction) -> FileResult:
+    """Tracks of one file → token documents (every transposition asked for), or the reason there are none."""
+    result = FileResult(name)
+    pitched = [t for t in tracks if not t.is_drum and t.notes]
+    drums = [t for t in tracks if t.is_drum and t.notes]
+    result.counts["drum tracks skipped"] += len(drums)
+    if not pitched:
+        result.reason = "drum tracks only" if drums else "no notes"
+        return result
+    if ex.part and tok.monophonic:
+        chosen = [t for t in pitched if t.name.lower().startswith(ex.part)]
+        pitched = chosen or pitched[:1]
+    shift = key_shift([n for t in pitched for n in t.notes]) if ex.transpose == "c" else 0
+    if shift:
+        pitched = [Track([Note(n.pitch + shift, n.start, n.end, n.velocity) for n in t.notes], False, t.name) for t in pitched]
+    pieces = tok.extract(pitched, ex, result.counts)
+    for piece in pieces:
+        docs = {}
+        for k in ex.shifts():
+            moved = piece.transposed(k) if k else piece
+            span = moved.pitch_range()
+            if span is None or (tok.in_range(span[0]) and tok.in_range(span[1])):
+                docs[k] = tok.encode(moved)
+            else:
+                result.counts["transposed copies out of range skipped"] += 1
+        result.docs.append(docs)
+    result.counts["pieces kept"] += len(pieces)
+    if not pieces:
+        result.reason = _nothing_kept(result.counts, ex)
+    return result
+
+
+def process_midi_file(item: tuple[str, str], tok: MusicTokenizer, ex: Extraction) -> FileResult:
+    """(name, path) → FileResult; never raises, so one bad file in thousands is only counted (worker entry)."""
+    name, path = item
+    try:
+        if Path(path).stat().st_size == 0:
+            return FileResult(name, "empty file (0 bytes)")
+        try:
+            pm = read_midi(Path(path))
+        except Exception:
+            return FileResult(name, "not readable as MIDI (corrupt or truncated)")
+        return tokenize_tracks(name, midi_tracks(pm, tok.unit), tok, ex)
+    except Exception as err:  # anything else odd about one file must not stop a whole folder
+        return FileResult(name, f"failed ({type(err).__name__})")
+
+
+def process_score_file(item: tuple[str, str], tok: MusicTokenizer, ex: Extraction) -> FileResult:
+    """(name, path) of a MusicXML/ABC/Humdrum file → FileResult (worker entry; never raises)."""
+    name, path = item
+    try:
+        if Path(path).stat().st_size == 0:
+            return FileResult(name, "empty file (0 bytes)")
+        try:
+            scores = read_scores(Path(path))
+        except Exception:
+            return FileResult(name, "not readable as a score (music21 could not parse it)")
+        merged = FileResult(name)
+        for score in scores:
+            one = tokenize_tracks(name, score_tracks(score, tok.unit), tok, ex)
+            merged.docs += one.docs
+            merged.counts += one.counts
+            merged.reason = merged.reason or one.reason
+        if merged.docs:
+            merged.reason = None
+        return merged
+    except Exception as err:
+        return FileResult(name, f"failed ({type(err).__name__})")
+
+
+# ---------------------------------------------------------------- splits and reporting
+
+
+def split_units(units: list[str], val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """Unit name → split. The order is a hash of the name, so adding files moves few others."""
+    order = sorted(units, key=lambda u: hashlib.sha1(u.encode()).hexdigest())
+    n = len(order)
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    if n - n_val - n_test < 1:
+        raise UserError(
+            f"only {n} piece(s) of music to split into train/val/test; add files, or lower "
+            "dataset.min_melody_steps so fewer fragments are dropped"
+        )
+    splits = {}
+    for i, unit in enumerate(order):
+        splits[unit] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+    return splits
+
+
+def shuffle_training_pieces(docs: list[list[int]]) -> None:
+    """Shuffle training documents in place, the same way every time.
+
+    Training joins documents into one stream and carries the GRU state across separators. Left in
+    file order, the next piece is often the same piece transposed (or the next fragment of one
+    song), so the model learns to lean on the previous piece and is lost when sampling starts
+    from a fresh state; shuffled, a separator really starts something new.
+    """
+    random.Random(SHUFFLE_SEED).shuffle(docs)
+
+
+STAGES = ("tracks read", "drum tracks", "fragments", "fragments shorter", "fragments wider", "notes outside",
+          "pieces kept", "transposed copies")
+
+
+def _stage_order(name: str) -> int:
+    """Counts are printed in pipeline order: tracks, fragments, what was dropped, what was kept."""
+    return max((i for i, prefix in enumerate(STAGES) if name.startswith(prefix)), default=len(STAGES))
+
+
+def assemble(cfg: Any, tokenizer: MusicTokenizer, results: list[FileResult], source: str) -> Corpus:
+    """Per-file results → a corpus split by file (by piece when fewer than 3 files are usable), with counts."""
+    usable = [r for r in results if r.docs]
+    skipped = Counter(r.reason for r in results if not r.docs)
+    reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.most_common())
+    if not usable:
+        raise UserError(
+            f"none of the {len(results)} file(s) from {source} gave music to train on ({reasons}); "
+            "check the files play in a MIDI player, or lower dataset.min_melody_steps"
+        )
+    # Split whole files, so a song never sits in both train and test; pieces when there are too few files.
+    if len(usable) >= 3:
+        units = {r.name: [(r.name, i) for i in range(len(r.docs))] for r in usable}
+    else:
+        units = {f"{r.name}#{i}": [(r.name, i)] for r in usable for i in range(len(r.docs))}
+    assignment = split_units(list(units), cfg.val_fraction, cfg.test_fraction)
+    by_name = {r.name: r for r in usable}
+    splits: dict[str, list[list[int]]] = {"train": [], "val": [], "test": []}
+    for unit, members in units.items():
+        split = assignment[unit]
+        for name, i in members:
+            docs = by_name[name].docs[i]
+            # Transposed copies are training data only; val and test stay as written.
+            splits[split].extend(docs.values() if split == "train" else [docs[0]])
+    shuffle_training_pieces(splits["train"])
+
+    counts: Counter = Counter()
+    for r in results:
+        counts += r.counts
+    stats = {
+        "source": source,
+        "files": len(results),
+        "files_used": len(usable),
+        "skipped": dict(skipped),
+        "counts": dict(counts),
+        "documents": {s: len(d) for s, d in splits.items()},
+        "tokens": {s: sum(map(len, d)) for s, d in splits.items()},
+        "vocab_size": tokenizer.vocab_size,
+    }
+    print(f"dataset {cfg.name}: {len(results)} file(s) read from {source}, {len(usable)} used, "
+          f"{len(results) - len(usable)} skipped" + (f" ({reasons})" if reasons else ""))
+    stage = ", ".join(f"{v:,} {k}" for k, v in sorted(counts.items(), key=lambda kv: _stage_order(kv[0])))
+    if stage:
+        print(f"dataset {cfg.name}: {stage}")
+    print(f"dataset {cfg.name}: documents train/val/test {stats['documents']['train']:,}/"
+          f"{stats['documents']['val']:,}/{stats['documents']['test']:,}, tokens "
+          f"{stats['tokens']['train']:,}/{stats['tokens']['val']:,}/{stats['tokens']['test']:,}"
+          + (" (train includes transposed copies)" if cfg.transpose.value == "augment" else ""))
+    return Corpus(tokenizer, splits, stats)
+
+
+# ---------------------------------------------------------------- sources
+
+
+def midi_fingerprint(cfg: Any) -> str:
+    return folder_fingerprint(cfg, MIDI_SUFFIXES, "MIDI", settings_key(cfg))
+
+
+def build_midi(cfg: Any) -> Corpus:
+    tok = make_tokenizer(cfg)
+    ex = make_extraction(cfg, tok)
+    if ex.transpose == "c":
+        key_profiles()  # load music21's key profiles once here; forked workers inherit them
+    root, files = list_files(cfg, MIDI_SUFFIXES, "MIDI")
+    items = [(p.relative_to(root).as_posix(), str(p)) for p in files]
+    results = run_files(partial(process_midi_file, tok=tok, ex=ex), items, cfg.num_workers, f"{cfg.name}: MIDI files")
+    return assemble(cfg, tok, results, str(cfg.path))
+
+
+def scores_fingerprint(cfg: Any) -> str:
+    return folder_fingerprint(cfg, SCORE_SUFFIXES, "MusicXML/ABC/Humdrum", settings_key(cfg))
+
+
+def build_scores(cfg: Any) -> Corpus:
+    tok = make_tokenizer(cfg)
+    ex = make_extraction(cfg, tok)
+    root, files = list_files(cfg, SCORE_SUFFIXES, "MusicXML/ABC/Humdrum")
+    items = [(p.relative_to(root).as_posix(), str(p)) for p in files]
+    results = run_files(partial(process_score_file, tok=tok, ex=ex), items, cfg.num_workers, f"{cfg.name}: scores")
+    return assemble(cfg, tok, results, str(cfg.path))
+
+
+def bach_chorales(max_files: int) -> list[tuple[str, str]]:
+    """(name, path) of the Bach chorales in music21's bundled corpus (Riemenschneider order)."""
+    from music21 import corpus
+
+    items = []
+    for name in corpus.chorales.Iterator(returnType="filename"):
+        found = corpus.getWork(name)
+        # A short name can match several files (bwv245.3 also finds bwv245.37); keep the exact one.
+        candidates = found if isinstance(found, list) else [found]
+        stem = name.split("/")[-1]
+        exact = [p for p in candidates if p.stem == stem] or candidates
+        chosen = sorted(exact, key=lambda p: p.suffix != ".mxl")[0]
+        items.append((chosen.name, str(chosen)))
+        if 0 < max_files <= len(items):
+            break
+    return items
+
+
+def bach_fingerprint(cfg: Any) -> str:
+    import music21
+
+    names = [name for name, _ in bach_chorales(cfg.max_files)]
+    return hashlib.sha256(f"music21 {music21.__version__}|{settings_key(cfg)}|{names}".encode()).hexdigest()
+
+
+def build_bach(cfg: Any) -> Corpus:
+    # Chorale melodies are the soprano line; polyphonic and event tokenizers take all four voices.
+    tok = make_tokenizer(cfg)
+    ex = make_extraction(cfg, tok, part="soprano")
+    items = bach_chorales(cfg.max_files)
+    results = run_files(partial(process_score_file, tok=tok, ex=ex), items, cfg.num_workers, f"{cfg.name}: chorales")
+    return assemble(cfg, tok, results, "music21's Bach chorales")
