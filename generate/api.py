@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from generate.config import (
     with_settings,
 )
 from generate.data import load_corpus
-from generate.decoding import beam_search, check_sampling, generate_tokens
+from generate.decoding import beam_search, check_sampling, generate_tokens, stream_tokens
 from generate.errors import UserError
 from generate.music.notes import Piece
 from generate.runtime import resolve_device
@@ -138,6 +139,25 @@ class Model:
         else:
             rows = generate_tokens(self.net, prime, length, **settings)
         return self.decode([(prime if keep else []) + row for row in rows.tolist()], qpm)
+
+    def stream(
+        self, prompt: str = "", *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, length: int = 200,
+        seed: int | None = None, block: int = 8,
+    ) -> Iterator[str]:
+        """Text models: one sample's text piece by piece as it is generated (the prompt first), `block` tokens a piece.
+
+        The same seed and settings give exactly the text `sample` gives.
+        """
+        if self.is_music:
+            raise UserError("stream() is for text models; a music model's sample is a piece: use sample()")
+        check_sampling(temperature, top_k, top_p, length, 1)
+        seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+        prime, keep = self.prime(prompt)
+        if keep:
+            yield self.tokenizer.decode(prime)
+        for ids in stream_tokens(self.net, prime, length, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 seed=seed, device=self.device, block=block):
+            yield self.tokenizer.decode(ids[0].tolist())
 
     def decode(self, rows: list[list[int]], qpm: float = 120.0) -> list[TextSample] | list[MusicSample]:
         if isinstance(self.tokenizer, MusicTokenizer):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -81,17 +81,29 @@ def _gumbel(buffer: Tensor, generator: torch.Generator) -> Tensor:
     return buffer.exponential_(generator=generator).clamp_min_(torch.finfo(buffer.dtype).tiny).log_().neg_()
 
 
-@torch.inference_mode()
 def generate_tokens(
     model: Any, prime: list[int], length: int, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
     num_samples: int = 1, seed: int = 1337, device: torch.device | str = "cpu",
 ) -> Tensor:
-    """Continue `prime` by `length` tokens for `num_samples` samples at once → (N, length).
+    """Continue `prime` by `length` tokens for `num_samples` samples at once → (N, length) (see stream_tokens)."""
+    blocks = stream_tokens(model, prime, length, temperature=temperature, top_k=top_k, top_p=top_p,
+                           num_samples=num_samples, seed=seed, device=device, block=length)
+    return torch.cat(list(blocks), dim=1)
+
+
+@torch.inference_mode()
+def stream_tokens(
+    model: Any, prime: list[int], length: int, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+    num_samples: int = 1, seed: int = 1337, device: torch.device | str = "cpu", block: int = 4096,
+) -> Iterator[Tensor]:
+    """Continue `prime` by `length` tokens for `num_samples` samples at once, yielding (N, ≤ block) blocks.
 
     The prime is read in one pass; after that each new token is one step of the GRU from the
     carried hidden state (the prefix is never re-run), taken by model.Stepper on preallocated
-    buffers (`model.stepper(hidden)`). The Gumbel noise for up to `chunk` steps is drawn in one call, so the same seed gives
-    the same samples. On CUDA each step (GRU and draw) is replayed from a captured CUDA graph.
+    buffers (`model.stepper(hidden)`). Memory is O(N·block + N·V) however long the sample: one
+    block buffer, reused. The Gumbel noise for up to `chunk` steps is drawn in one call, so the
+    same seed gives the same samples whatever the block size. On CUDA each step (GRU and draw) is
+    replayed from a captured CUDA graph.
     """
     model.eval()
     device = torch.device(device)
@@ -101,7 +113,6 @@ def generate_tokens(
     logits, hidden = model(tokens)  # (N, P, V), (L, N, H)
     first = logits[:, -1].float()  # (N, V)
     vocab = first.shape[-1]
-    out = torch.empty(length, count, dtype=torch.long, device=device)  # time-major: out[i] feeds step i + 1
     greedy = temperature == 0
     chunk = max(1, min(length, (1 << 20) // (count * vocab)))  # steps of noise per draw (≤ 4 MB)
     noise = torch.empty(chunk, count, vocab, device=device)  # (S, N, V)
@@ -119,35 +130,46 @@ def generate_tokens(
             noise_row = noise_rows[i % chunk]
         torch.argmax(_perturbed(step_logits, noise_row, temperature, top_k, top_p, scores), -1, out=into)
 
-    pick(first, 0, out[0])
+    buffer = torch.empty(min(length, block), count, dtype=torch.long, device=device)  # time-major block
+    rows = buffer.unbind(0)  # views made once: indexing in the loop costs a call per step
+    pick(first, 0, rows[0])
     stepper = model.stepper(hidden)
-    if device.type == "cuda" and length > 1 and _generate_cuda_graph(stepper, pick, out, noise, chunk, greedy, generator):
-        return out.t().contiguous()
+    replay = None
+    if device.type == "cuda" and length > 1:
+        replay = _capture_cuda_graph(stepper, pick, rows[0], noise, chunk, greedy, generator)
     # A step's largest product is 2·N·H·3H FLOPs; below ~4 MFLOP (batch 1 at H=256 is 0.4) a
     # parallel region costs more than it saves (and stalls for milliseconds when another process
     # holds a core), so small steps run on one thread. Measured in bench/sample_speed.py.
     threads = torch.get_num_threads()
     if device.type == "cpu" and 6 * count * stepper.hidden_size**2 < 4e6:
         torch.set_num_threads(1)
-    rows = out.unbind(0)  # views made once: indexing in the loop costs a call per step
     try:
-        for i in range(1, length):
-            pick(stepper.step(rows[i - 1]), i, rows[i])
+        done, prev = 0, rows[0]
+        while done < length:
+            size = min(len(rows), length - done)
+            for j in range(1 if done == 0 else 0, size):
+                if replay is not None:
+                    replay(done + j, rows[j])
+                else:
+                    pick(stepper.step(prev), done + j, rows[j])  # reads prev before writing rows[j]
+                prev = rows[j]
+            done += size
+            yield buffer[:size].t().clone()  # (N, size): the buffer is reused for the next block
     finally:
         torch.set_num_threads(threads)
-    return out.t().contiguous()
 
 
-def _generate_cuda_graph(
-    stepper: Any, pick: Callable[..., None], out: Tensor, noise: Tensor, chunk: int, greedy: bool, generator: torch.Generator
-) -> bool:
-    """Fill out[1:] by replaying one captured step per token; False (nothing changed) if capture fails.
+def _capture_cuda_graph(
+    stepper: Any, pick: Callable[..., None], first: Tensor, noise: Tensor, chunk: int, greedy: bool,
+    generator: torch.Generator,
+) -> Callable[[int, Tensor], None] | None:
+    """A function that advances one step by replaying a captured CUDA graph; None if capture fails.
 
     One step launches ~20 small kernels; replaying them as one graph removes the per-launch CPU
     cost that otherwise bounds batch-1 sampling on a GPU. The noise is drawn outside the graph
     (one row copied in per step), so the generator advances exactly as on the eager path.
     """
-    token = out[0].clone()  # static input and output of the captured step
+    token = first.clone()  # static input and output of the captured step
     noise_row = torch.zeros_like(noise[0])
     saved = stepper.hidden.clone()
 
@@ -167,17 +189,19 @@ def _generate_cuda_graph(
     except RuntimeError as err:  # capture unsupported here: the eager loop does the same work
         print(f"note: CUDA graph capture failed ({str(err).splitlines()[0][:120]}); sampling eagerly", file=sys.stderr)
         stepper.hidden.copy_(saved)
-        return False
+        return None
     stepper.hidden.copy_(saved)  # the warm-up steps advanced the state
-    token.copy_(out[0])
-    for i in range(1, out.shape[0]):
+    token.copy_(first)
+
+    def replay(i: int, into: Tensor) -> None:
         if not greedy:
             if i % chunk == 0:
                 _gumbel(noise, generator)
             noise_row.copy_(noise[i % chunk])
         graph.replay()
-        out[i].copy_(token)
-    return True
+        into.copy_(token)
+
+    return replay
 
 
 @torch.inference_mode()

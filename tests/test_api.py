@@ -34,6 +34,13 @@ def test_shipped_text_model_samples_and_scores() -> None:
     assert good.nats_per_token < 0.6 * math.log(model.tokenizer.vocab_size) < noise.nats_per_token
 
 
+def test_text_streams_as_it_is_generated() -> None:
+    model = generate.load("shakespeare")
+    pieces = list(model.stream("ROMEO:", temperature=0.8, length=40, seed=4, block=8))
+    assert pieces[0] == "ROMEO:" and len(pieces) == 1 + 5
+    assert "".join(pieces) == model.sample("ROMEO:", temperature=0.8, length=40, seed=4)[0]
+
+
 def test_shipped_music_model_samples_pieces_that_write_themselves(tmp_path: Path) -> None:
     model = generate.load("bach")
     (piece,) = model.sample(length=64, seed=3)

@@ -174,6 +174,21 @@ def test_cuda_graph_sampling_equals_eager_cuda_sampling(monkeypatch: pytest.Monk
     model = GRULanguageModel(ModelSpec(vocab_size=20, embedding_size=8, hidden_size=16, num_layers=2)).cuda()
     settings = {"num_samples": 2, "seed": 3, "device": "cuda"}
     graphed = generate_tokens(model, [1], 40, **settings)
-    monkeypatch.setattr(decoding, "_generate_cuda_graph", lambda *a: False)
+    monkeypatch.setattr(decoding, "_capture_cuda_graph", lambda *a: None)
     eager = generate_tokens(model, [1], 40, **settings)
     assert torch.equal(graphed, eager)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_streamed_blocks_equal_one_generation(temperature: float) -> None:
+    """Memory is bounded by the block, not the length, and the block size never changes the samples."""
+    from generate.decoding import stream_tokens
+
+    torch.manual_seed(10)
+    model = GRULanguageModel(ModelSpec(vocab_size=20, embedding_size=8, hidden_size=16, num_layers=2))
+    whole = generate_tokens(model, [1, 2], 1000, num_samples=2, seed=4, temperature=temperature)
+    blocks = list(stream_tokens(model, [1, 2], 1000, num_samples=2, seed=4, temperature=temperature, block=64))
+    assert [b.shape for b in blocks[:2]] == [(2, 64), (2, 64)] and blocks[-1].shape == (2, 1000 - 15 * 64)
+    assert torch.equal(torch.cat(blocks, dim=1), whole)
+    assert torch.equal(torch.cat(list(stream_tokens(model, [1, 2], 1000, num_samples=2, seed=4,
+                                                    temperature=temperature, block=1)), dim=1), whole)
