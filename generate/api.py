@@ -19,6 +19,7 @@ from generate.config import (
     TrainConfig,
     TrainRunConfig,
     dataset_from_checkpoint,
+    to_object,
     with_settings,
 )
 from generate.data import load_corpus
@@ -203,8 +204,8 @@ def load(name_or_path: str | Path | None = None, device: str = "cpu") -> Model:
     return Model.from_pretrained(name_or_path, device)
 
 
-def preset(group: str, name: str, schema: type) -> Any:
-    """conf/<group>/<name>.yaml read onto its schema dataclass (the same presets the CLI composes)."""
+def preset_values(group: str, name: str) -> dict[str, Any]:
+    """conf/<group>/<name>.yaml as a plain dict (the same presets the CLI composes), its `defaults` dropped."""
     path = Path(CONFIG_DIR) / group / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
@@ -212,7 +213,12 @@ def preset(group: str, name: str, schema: type) -> Any:
     values = OmegaConf.to_container(OmegaConf.load(path))
     assert isinstance(values, dict)
     values.pop("defaults", None)
-    return with_settings(schema(), group, values)
+    return values
+
+
+def preset(group: str, name: str, schema: type) -> Any:
+    """A preset read onto its schema dataclass."""
+    return with_settings(schema(), group, preset_values(group, name))
 
 
 def _route(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -234,7 +240,7 @@ def tokenize(dataset: str = "shakespeare", **settings: Any) -> Corpus:
 
 
 def train(
-    dataset: str = "shakespeare", *, run_name: str | None = None, checkpoints_dir: str = "checkpoints",
+    dataset: str = "shakespeare", *, run_name: str | None = None, checkpoints_dir: str = "${generate_home:}/checkpoints",
     recipe: str = "default", **settings: Any,
 ) -> RunSummary:
     """Train a model on a dataset preset; any DatasetConfig / ModelConfig / TrainConfig field is a keyword.
@@ -243,11 +249,21 @@ def train(
     >>> generate.load(run.best_path).sample("ROMEO:", length=100)[0]  # doctest: +SKIP
     """
     sections = _route(settings)
-    run = TrainRunConfig(
-        dataset=with_settings(preset("dataset", dataset, DatasetConfig), "dataset", sections["dataset"]),
-        model=with_settings(ModelConfig(), "model", sections["model"]),
-        train=with_settings(preset("train", recipe, TrainConfig), "train", sections["train"]),
-        checkpoints_dir=checkpoints_dir,
-    )
-    run.run_name = run_name or run.dataset.name
-    return train_run(run)
+    recipe_values = preset_values("train", recipe)
+    if not {"model", "train"} & recipe_values.keys():  # a plain train-group file: its keys are train's
+        recipe_values = {"train": recipe_values}
+    layers = [
+        OmegaConf.structured(TrainRunConfig(checkpoints_dir=checkpoints_dir)),
+        {"dataset": preset_values("dataset", dataset)},
+        recipe_values,
+        {name: values for name, values in sections.items() if values},
+    ]
+    if run_name:
+        layers.append({"run_name": run_name})
+    try:
+        run = to_object(OmegaConf.merge(*layers), TrainRunConfig)
+    except UserError:
+        raise
+    except Exception as err:  # OmegaConf's ValidationError: a value of the wrong type
+        raise UserError(f"bad training setting: {str(err).splitlines()[0]}") from None
+    return train_run(run, resume_hint="generate.train(...) again with resume=True")

@@ -11,11 +11,16 @@ import torch
 
 from generate.errors import UserError
 from generate.model import GRULanguageModel, ModelSpec
-from generate.paths import SHIPPED_DIR, portable_paths
+from generate.paths import SHIPPED_DIR, home, portable_paths
 from generate.storage import atomic_save
 from generate.tokenizers import Tokenizer, tokenizer_from_dict
 
-DEFAULT_RUN = Path("checkpoints") / "shakespeare" / "best.pt"  # relative to where the user runs
+
+def default_run() -> Path:
+    """Your default training run's best.pt (under $GENERATE_HOME, else the current folder)."""
+    return home() / "checkpoints" / "shakespeare" / "best.pt"
+
+
 SHIPPED_DEFAULT = SHIPPED_DIR / "shakespeare.pt"
 def _refusal_reason(err: Exception) -> str:
     """The line of torch's weights-only refusal that names what was refused.
@@ -64,12 +69,12 @@ def resolve_checkpoint(path: str | Path | None) -> tuple[Path, str]:
         if str(path) in shipped and not Path(path).exists():
             return shipped[str(path)], f"the shipped {path} model"
         return Path(path), "given"
-    if DEFAULT_RUN.is_file():
-        return DEFAULT_RUN, "your default training run"
+    if default_run().is_file():
+        return default_run(), "your default training run"
     if SHIPPED_DEFAULT.is_file():
         return SHIPPED_DEFAULT, "the shipped pretrained Shakespeare model"
     raise UserError(
-        f"no checkpoint given, no {DEFAULT_RUN} and no shipped model at {SHIPPED_DEFAULT}; "
+        f"no checkpoint given, no {default_run()} and no shipped model at {SHIPPED_DEFAULT}; "
         "pass checkpoint=PATH or train with `python -m generate.train`"
     )
 

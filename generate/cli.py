@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +34,9 @@ def run_train(cfg: Any) -> Any:
     from generate.trainer import train_run
 
     run = to_object(cfg, TrainRunConfig)
-    return train_run(run, run_dir_for(run))
+    again = [arg for arg in sys.argv[1:] if not arg.startswith(("train.resume=", "-m", "--multirun"))]
+    hint = " ".join(["python -m generate.train", *map(shlex.quote, again), "train.resume=true"])
+    return train_run(run, run_dir_for(run), resume_hint=hint)
 
 
 def run_sample(cfg: Any) -> list[Any]:
@@ -40,9 +44,12 @@ def run_sample(cfg: Any) -> list[Any]:
     from generate.api import Model, TextSample
 
     settings = to_object(cfg, SampleConfig)
+    prompt = read_prompt(settings.prompt_file) if settings.prompt_file else settings.prompt
+    if settings.prompt_file and settings.prompt:
+        raise UserError("prompt= and prompt_file= cannot be used together; give one of them")
     model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
     samples = model.sample(
-        settings.prompt, primer=settings.primer, temperature=settings.temperature, top_k=settings.top_k,
+        prompt, primer=settings.primer, temperature=settings.temperature, top_k=settings.top_k,
         top_p=settings.top_p, length=settings.length, num_samples=settings.num_samples, seed=settings.seed,
         beam_size=settings.beam_size, qpm=settings.qpm,
     )
@@ -59,6 +66,18 @@ def run_sample(cfg: Any) -> list[Any]:
             print(f"sample {i}: " + ", ".join(str(p) for p in written))
     print(f"wrote {len(samples)} sample(s) to {out_dir}/", file=sys.stderr)
     return samples
+
+
+def read_prompt(path: str) -> str:
+    """A prompt from a UTF-8 text file (nanoGPT's --start=FILE:), refused with one line when unreadable."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"prompt file not found: {path}; give prompt_file=PATH to a UTF-8 text file") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"prompt file {path} is not UTF-8 (invalid byte at offset {err.start}); convert it first") from None
+    except OSError as err:
+        raise UserError(f"cannot read prompt file {path} ({err.strerror}); check the path") from None
 
 
 def run_evaluate(cfg: Any) -> Any:
@@ -211,13 +230,62 @@ def report_errors(task: Callable[[Any], Any], cfg: Any) -> Any:
         sys.stderr.write(f"error: {err}\n")
         sys.stderr.flush()
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C (SIGINT) or, during training, SIGTERM
+        signum = getattr(err, "signum", 2)
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + signum)
+
+
+HYDRA_FLAGS = {"--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i", "--hydra-help", "--multirun", "-m",
+               "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--shell-completion", "-sc",
+               "--run", "-r", "--version", "--experimental-rerun"}
+SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:+@~%")
+
+
+def quote_text(value: str, literal: bool = False) -> str:
+    """A value as a Hydra single-quoted string: commas, `!` and quotes stay text; `${` too when `literal`."""
+    value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # backslashes before a quote or the end
+    value = value.replace("'", "\\'")
+    return "'" + (value.replace("${", "\\${") if literal else value) + "'"
+
+
+def prepare_arguments(command: str, args: list[str]) -> list[str]:
+    """The command line as Hydra needs it: free-text values quoted, argparse habits refused with the fix."""
+    from generate.help import setting_names, text_settings
+
+    names, texts = setting_names(command), text_settings(command)
+    for i, arg in enumerate(args):
+        if arg.startswith("-") and arg.split("=", 1)[0] not in HYDRA_FLAGS:
+            key = arg.lstrip("-").split("=", 1)[0]
+            if key in names:
+                value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "VALUE")
+                fail(f"write settings as key=value without dashes: {key}={value} (not {arg}); "
+                     f"see python -m generate.{command} --help")
+    if any(a in ("-m", "--multirun") for a in args):
+        return args  # a sweep: commas in values are the user's to mean
+    prepared = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        if key in texts and value and not quoted and not set(value) <= SAFE:
+            arg = f"{key}={quote_text(value, literal=key == 'prompt')}"  # a prompt is text, never an interpolation
+        prepared.append(arg)
+    return prepared
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(command: str) -> None:
-    """`python -m generate.<command> [key=value ...]`: compose, check, run."""
+    """`python -m generate.<command> [key=value ...]`: help, compose, check, run."""
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        from generate.help import command_help
+
+        print(command_help(command))
+        return
+    sys.argv[1:] = prepare_arguments(command, sys.argv[1:])
     import hydra
 
     register_configs()

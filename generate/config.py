@@ -5,16 +5,34 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
 from generate.errors import UserError
-from generate.paths import CONFIG_DIR, PROJECT_ROOT, expand_project_root, portable_paths
+from generate.paths import CONFIG_DIR, PROJECT_ROOT, expand_project_root, home, portable_paths
 
-# ${project_root:} lets the bundled datasets be found from any working directory. Registered here,
-# with the schema, so any code that reads a config (CLI, library, notebook) can resolve it.
+# ${project_root:} finds the bundled datasets from any working directory; ${generate_home:} is where
+# your runs, samples and caches go ($GENERATE_HOME, else the current folder). Registered here, with
+# the schema, so any code that reads a config (CLI, library, notebook) can resolve them.
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+OmegaConf.register_new_resolver("generate_home", lambda: str(home()), replace=True)
+
+
+GENERIC_DATASETS = ("text", "midi", "scores")  # presets that read the user's own file or folder
+
+
+def default_run_name(name: str, path: str | None) -> str:
+    """For dataset=text|midi|scores the file's or folder's own name (two of them never share a run folder),
+    else the dataset's name (shakespeare, bach, jsb, ...)."""
+    if path and name in GENERIC_DATASETS:
+        return Path(path).stem or name
+    return name
+
+
+OmegaConf.register_new_resolver("default_run_name", default_run_name, replace=True)
+RUN_NAME = "${default_run_name:${dataset.name},${dataset.path}}"
 
 __all__ = ["CONFIG_DIR", "PROJECT_ROOT"]
 
@@ -70,25 +88,25 @@ class Dtype(str, Enum):
 @dataclass
 class DatasetConfig:
     name: str = "shakespeare"  # also the default run_name
-    source: Source = Source.text
+    source: Source = Source.text  # where the raw data comes from
     path: str | None = None  # file or folder, relative to the working directory
-    tokenizer: TokenizerKind = TokenizerKind.char
+    tokenizer: TokenizerKind = TokenizerKind.char  # how the data becomes tokens
     # Split for single-stream text: train | test | val by fraction of the stream, in that order,
     # so val is the last `val_fraction` (nanoGPT's validation split when val_fraction=0.1).
-    val_fraction: float = 0.1
-    test_fraction: float = 0.05
+    val_fraction: float = 0.1  # share held out for validation (the last 10% of a text)
+    test_fraction: float = 0.05  # share held out for the test split
     # Where token caches go; keyed by a fingerprint of source + tokenizer settings.
-    cache_dir: str = "${project_root:}/datasets/.cache"
+    cache_dir: str = "${generate_home:}/cache"  # where token caches go
     # Music settings (used by the melody / polyphonic / events tokenizers; see generate/music/).
     # For source=benchmark, `path` is the .json.gz piano roll under datasets/music/.
     steps_per_quarter: int = 4  # grid of the melody and polyphonic tokenizers
     min_pitch: int = 21  # pitch range of the vocabulary (MIDI numbers)
-    max_pitch: int = 108
+    max_pitch: int = 108  # highest MIDI pitch in the vocabulary
     monophony: Monophony = Monophony.highest  # melody extraction: which note of a chord wins
     split_silence_quarters: float = 4.0  # split a melody (or roll) at a rest at least this long
     min_melody_steps: int = 16  # drop fragments shorter than this many grid steps
-    transpose: Transpose = Transpose.none
-    transpose_range: int = 5
+    transpose: Transpose = Transpose.none  # none, c (to C major / A minor) or augment (training copies in every key in range)
+    transpose_range: int = 5  # semitones up and down for transpose=augment
     num_workers: int = 0  # processes tokenizing MIDI/score folders; 0 = one per CPU core
     max_files: int = 0  # 0 = no limit; else the first N files (chorales; sequences per benchmark split)
 
@@ -96,35 +114,36 @@ class DatasetConfig:
 @dataclass
 class ModelConfig:
     # Defaults = conf/model/small.yaml, the default model.
-    embedding_size: int = 128
-    hidden_size: int = 512
-    num_layers: int = 2
+    embedding_size: int = 128  # token embedding width
+    hidden_size: int = 512  # GRU width
+    num_layers: int = 2  # stacked GRU layers
     dropout: float = 0.1  # between GRU layers and on the embedding / GRU output
     # true: torch.nn.GRU (cuDNN on CUDA), reset applied after the recurrent product.
     # false: the seed equations, reset applied to h before the product.
-    reset_after: bool = True
+    reset_after: bool = True  # true: torch.nn.GRU (cuDNN); false: the seed equations (reset before the product)
     tie_weights: bool = False  # needs embedding_size == hidden_size
 
 
 @dataclass
 class TrainConfig:
     # Defaults = the default recipe (conf/train/default.yaml): ~10 minutes on 2 CPU cores.
-    max_steps: int = 1000
-    batch_size: int = 64
-    seq_len: int = 64
-    lr: float = 3e-3
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 64  # parallel token streams per step (per process under torchrun)
+    seq_len: int = 64  # tokens per stream per step (truncated BPTT length)
+    lr: float = 3e-3  # peak AdamW learning rate
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 1337
-    device: Device = Device.auto
-    eval_every: int = 200
-    eval_batch_size: int = 64
-    resume: bool = False
+    warmup_steps: int = 50  # linear warm-up steps before the cosine decay
+    weight_decay: float = 0.01  # decoupled weight decay on weight matrices
+    grad_clip: float = 1.0  # gradient-norm clipping
+    seed: int = 1337  # everything random derives from it; same seed and settings, same result
+    device: Device = Device.auto  # auto, cpu or cuda
+    eval_every: int = 200  # steps between validation and saving last.pt / best.pt
+    eval_batch_size: int = 64  # streams scored at once during validation
+    resume: bool = False  # continue <run folder>/last.pt exactly where it stopped
     bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
     log_every: int = 25  # steps between progress-bar / metrics updates
     max_bad_steps: int = 10  # consecutive non-finite losses before training stops
+    save_every_minutes: float = 5.0  # also save last.pt this often (0 = only at evaluations), so a crash loses little
 
 
 @dataclass
@@ -132,8 +151,8 @@ class TrainRunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    run_name: str = "${dataset.name}"
-    checkpoints_dir: str = "checkpoints"
+    run_name: str = RUN_NAME  # checkpoints go to <checkpoints_dir>/<run_name>/ (default: the file's, folder's or dataset's name)
+    checkpoints_dir: str = "${generate_home:}/checkpoints"  # where run folders go
 
 
 @dataclass
@@ -144,31 +163,31 @@ class SamplingConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     length: int = 500  # new tokens per sample
-    num_samples: int = 1
-    seed: int = 1337
+    num_samples: int = 1  # samples generated together as one batch
+    seed: int = 1337  # everything random derives from it; same seed and settings, same result
 
 
 @dataclass
 class SampleConfig(SamplingConfig):
-    checkpoint: str | None = None  # None: your default run's best.pt, else the shipped model
-    prompt: str = ""
+    checkpoint: str | None = None  # a path or a shipped model's name (shakespeare, bach, jsb); none: your default run
+    prompt: str = ""  # text to continue (text models)
+    prompt_file: str | None = None  # read the prompt from this UTF-8 file instead
     primer: str | None = None  # a MIDI file to continue (music models)
-    beam_size: int = 1
+    beam_size: int = 1  # > 1: beam search over whole continuations
     qpm: float = 120.0  # tempo of written music
-    out_dir: str = "samples"
-    device: Device = Device.cpu
+    out_dir: str = "${generate_home:}/samples"  # where sample_<i>.* files are written
+    device: Device = Device.cpu  # cpu, cuda or auto
     quiet: bool = False  # do not print text samples to stdout
 
 
 @dataclass
 class EvaluateConfig:
-    checkpoint: str | None = None
-    split: Split = Split.test
-    batch_size: int = 64
-    seq_len: int = 256
-    device: Device = Device.auto
-    # Override where the dataset is read from (e.g. the checkpoint came from another machine).
-    dataset_path: str | None = None
+    checkpoint: str | None = None  # a checkpoint path or a shipped model's name; none: your default run
+    split: Split = Split.test  # train, val or test
+    batch_size: int = 64  # documents (or text chunks) scored at once
+    seq_len: int = 256  # tokens per forward pass
+    device: Device = Device.auto  # auto, cpu or cuda
+    dataset_path: str | None = None  # read the dataset from here instead (a checkpoint from another machine)
 
 
 @dataclass
@@ -182,11 +201,11 @@ class ExportConfig:
 class QualityConfig(SamplingConfig):
     """python -m generate.quality: how close a music model's samples are to held-out music."""
 
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # a music checkpoint path or a shipped model's name
     split: Split = Split.test  # held-out pieces to compare with
     length: int = 256  # tokens per generated piece
-    num_samples: int = 64
-    device: Device = Device.cpu
+    num_samples: int = 64  # pieces generated to compare
+    device: Device = Device.cpu  # cpu, cuda or auto
     out: str | None = None  # also write the figures as JSON here
 
 

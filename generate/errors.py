@@ -3,3 +3,11 @@
 
 class UserError(Exception):
     """A mistake the user can fix. The CLI shows it as one line, with no traceback."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training was stopped by a signal (Ctrl-C, SIGTERM) after saving; the CLI exits 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+# A wheel carries conf/, datasets/ and checkpoints/pretrained/ in generate/_bundled/ (setup.py puts
+# them there); a source checkout or an editable install reads them from the repository's top level.
+_BUNDLED = PACKAGE_DIR / "_bundled"
+PROJECT_ROOT = _BUNDLED if (_BUNDLED / "conf").is_dir() else PACKAGE_DIR.parent
 CONFIG_DIR = str(PROJECT_ROOT / "conf")  # built from __file__ so the CLI works from any folder
 SHIPPED_DIR = PROJECT_ROOT / "checkpoints" / "pretrained"
+HOME_VARIABLE = "GENERATE_HOME"
+
+
+def home() -> Path:
+    """Where your runs, samples and token caches go: $GENERATE_HOME, else the current folder."""
+    return Path(os.environ.get(HOME_VARIABLE) or ".")
 ROOT_MARK = "${project_root:}"  # the one interpolation a stored path may hold
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
+import signal
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock, Timeout
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -29,11 +27,14 @@ from generate.distributed import (
     main_first,
     main_only,
 )
-from generate.errors import UserError
+from generate.errors import Interrupted, UserError
+from generate.interrupts import StopRequests
 from generate.model import GRULanguageModel, ModelSpec
+from generate.optim import lr_at, make_optimizer, rng_state, set_rng_state
+from generate.run_folder import RunLock, remove_if_unused
 from generate.runtime import resolve_device
 from generate.scoring import EvalResult, evaluate_loss
-from generate.storage import atomic_save, remove_stale_temp_files
+from generate.storage import atomic_save
 from generate.training_log import trim_metrics, write_loss_plot
 
 
@@ -52,64 +53,6 @@ class RunSummary:
         return self.run_dir / "best.pt"
 
 
-class RunLock:
-    """An exclusive lock on a run folder, so two trainings never write the same checkpoints.
-
-    filelock takes an OS lock (flock on Unix, msvcrt on Windows) that the kernel releases when the
-    process dies, even by SIGKILL, so a crashed run never leaves a stale lock behind. Who holds it is
-    written beside it, so a refused run can say which process to wait for.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.lock = FileLock(run_dir / ".lock", timeout=0)
-        self.owner = run_dir / ".lock.owner"
-
-    def __enter__(self) -> RunLock:
-        self.owner.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.lock.acquire()
-        except Timeout:
-            holder = self.owner.read_text().strip() if self.owner.is_file() else "another process"
-            raise UserError(
-                f"{self.owner.parent} is in use by a training run ({holder}); wait for it to finish "
-                "or choose another run_name=..."
-            ) from None
-        self.owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}")
-        # Saves killed mid-write (SIGKILL, power loss) leave temp files; holding the lock, they are ours to delete.
-        remove_stale_temp_files(self.owner.parent)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.owner.unlink(missing_ok=True)
-        self.lock.release()
-
-
-def lr_at(step: int, cfg: Any) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio at max_steps (as a multiplier)."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: Any, device: torch.device) -> torch.optim.Optimizer:
-    # Weight decay on matrices only; biases, and the embedding table, are left alone.
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding")]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embedding"))]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=device.type == "cuda")
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 RESUME_KEYS = ("optimizer", "scheduler", "step", "best_val", "data_state", "rng", "hidden", "config")
 
 
@@ -123,10 +66,14 @@ class Trainer:
         self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         torch.manual_seed(self.cfg.seed)
+        self.setup_data()  # first: a dataset error is the error the user sees, and it leaves no run folder
         main_only(d, lambda: self.lock(stack))
-        self.setup_data()
         self.setup_model()
         self.step, self.best_val, self.saved_step, self.hidden = 0, math.inf, None, None
+        self.last_val: float | None = None
+        self.running_loss, self.running_steps = torch.zeros((), device=device), 0  # the log row being summed
+        self.resume_hint = "the same command with train.resume=true"
+        self.next_timed_save = math.inf
         if self.cfg.resume:
             self.resume(main_only(d, self.read_resume))
         self.net: torch.nn.Module = self.model
@@ -206,6 +153,9 @@ class Trainer:
             set_rng_state(ckpt["rng"][d.rank], self.device)
             carried = ckpt["hidden"][d.rank]
             self.hidden = None if carried is None else carried.to(self.device)
+            loss_sum, steps = ckpt.get("log_window", [(0.0, 0)] * d.world_size)[d.rank]
+            self.running_loss.fill_(loss_sum)
+            self.running_steps = steps
         else:
             self.say(
                 f"warning: {self.last_path} was written by {len(ckpt['rng'])} process(es) with batch_size="
@@ -217,38 +167,69 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     def fit(self) -> RunSummary:
-        """Train to max_steps: a step, a log row every log_every steps, an evaluation and a save every eval_every."""
+        """Train to max_steps: a step, a log row every log_every steps, an evaluation and a save every eval_every.
+
+        Ctrl-C or SIGTERM: last.pt is saved after the current step and the run stops (resumable);
+        every train.save_every_minutes last.pt is saved too, so a crash loses at most that much.
+        """
         cfg, d = self.cfg, self.d
         self.announce()
         self.net.train()
         tokens_per_step = cfg.batch_size * cfg.seq_len * d.world_size
-        self.running_loss, self.running_steps, bad_steps = torch.zeros((), device=self.device), 0, 0
+        bad_steps = 0
         self.last_log_time, self.last_log_step, self.tokens_per_s = time.perf_counter(), self.step, 0.0
         start_time = time.perf_counter()
+        self.schedule_timed_save()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, disable=not d.is_main)
         try:
-            while self.step < cfg.max_steps:
-                if not self.train_step():
-                    bad_steps += 1
-                    self.check_bad_steps(bad_steps)
-                    continue
-                bad_steps = 0
-                bar.update(1)
-                at_eval = self.step % cfg.eval_every == 0 or self.step == cfg.max_steps
-                # A log row at every evaluation too, so no logging window spans a checkpoint (exact resume).
-                if at_eval or self.step % cfg.log_every == 0:
-                    bar.set_postfix(self.log_progress(tokens_per_step))
-                if at_eval:
-                    self.evaluate_and_save()
+            with StopRequests(announce=d.is_main) as stop:
+                while self.step < cfg.max_steps:
+                    if not self.train_step():
+                        bad_steps += 1
+                        self.check_bad_steps(bad_steps)
+                        continue
+                    bad_steps = 0
+                    bar.update(1)
+                    at_eval = self.step % cfg.eval_every == 0 or self.step == cfg.max_steps
+                    # A log row at every evaluation too, so no logging window spans a checkpoint (exact resume).
+                    if at_eval or self.step % cfg.log_every == 0:
+                        bar.set_postfix(self.log_progress(tokens_per_step))
+                    if at_eval:
+                        self.evaluate_and_save()
+                    self.pause_if_asked(stop, at_eval)
         finally:
             bar.close()  # also on an error, which then starts on a line of its own
         elapsed = time.perf_counter() - start_time
         if d.is_main:
+            best = self.best_path.resolve()
             print(
                 f"done: best validation loss {self.best_val:.4f} nats/token ({self.best_val / math.log(2):.4f} "
-                f"bits/token); checkpoints in {self.run_dir}"
+                f"bits/token) at {best}\nsample it: python -m generate.sample checkpoint={best}"
             )
         return RunSummary(self.run_dir, self.best_val, self.step, elapsed, self.tokens_per_s)
+
+    def schedule_timed_save(self) -> None:
+        minutes = self.cfg.save_every_minutes
+        self.next_timed_save = time.monotonic() + 60 * minutes if minutes > 0 else math.inf
+
+    def pause_if_asked(self, stop: StopRequests, just_saved: bool) -> None:
+        """Save last.pt when a signal asked to stop (then stop) or the timed save is due; every rank agrees."""
+        flags = torch.tensor([stop.signum or 0, time.monotonic() >= self.next_timed_save], dtype=torch.float64)
+        if self.d.enabled:  # a signal or a clock may reach one rank first: act together, or the collectives hang
+            flags = all_reduce_sum(self.d, flags.to(self.device)).cpu()
+        signum, due = stop.signum or int(flags[0]), bool(flags[1])  # another rank's signal: its number (or a sum)
+        if signum and signum not in (signal.SIGINT, signal.SIGTERM):
+            signum = signal.SIGTERM if signum % signal.SIGTERM == 0 else signal.SIGINT
+        if not signum and not due:
+            return
+        if not just_saved:
+            self.save(None)
+        self.schedule_timed_save()
+        if signum:
+            if self.d.is_main:
+                print(f"stopped at step {self.step}; saved {self.last_path.resolve()}\n"
+                      f"resume with: {self.resume_hint}", flush=True)
+            raise Interrupted(signum)
 
     def announce(self) -> None:
         if self.d.is_main:
@@ -342,12 +323,18 @@ class Trainer:
         total = all_reduce_sum(self.d, torch.tensor([local.nll, local.tokens], dtype=torch.float64, device=self.device))
         return EvalResult(float(total[0]), int(total[1]))
 
-    def save(self, result: EvalResult) -> None:
-        """Write last.pt (and best.pt when this is the best so far) with everything an exact resume needs."""
+    def save(self, result: EvalResult | None) -> None:
+        """Write last.pt (and best.pt when this is the best so far) with everything an exact resume needs.
+
+        Without a result (Ctrl-C, the timed save) only last.pt is written, carrying the last validation loss.
+        """
         hidden = None if self.hidden is None else self.hidden.detach().cpu()
-        states = all_gather(self.d, (self.stream.state_dict(), rng_state(self.device), hidden))
-        is_best = result.nats_per_token < self.best_val
-        self.best_val, self.saved_step = min(self.best_val, result.nats_per_token), self.step
+        window = (float(self.running_loss), self.running_steps)
+        states = all_gather(self.d, (self.stream.state_dict(), rng_state(self.device), hidden, window))
+        is_best = result is not None and result.nats_per_token < self.best_val
+        if result is not None:
+            self.best_val, self.last_val = min(self.best_val, result.nats_per_token), result.nats_per_token
+        self.saved_step = self.step
         if not self.d.is_main:
             return
         ckpt = {
@@ -358,11 +345,12 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             # One entry per rank: its data position, random streams and carried (L, B, H) state.
-            "data_state": [data for data, _, _ in states],
-            "rng": [rng for _, rng, _ in states],
-            "hidden": [h for _, _, h in states],
+            "data_state": [state[0] for state in states],
+            "rng": [state[1] for state in states],
+            "hidden": [state[2] for state in states],
+            "log_window": [state[3] for state in states],  # the train-loss row being summed, for an exact curve
             "config": to_plain(self.run),
-            "val_loss": result.nats_per_token,
+            "val_loss": self.last_val,
             "best_val": self.best_val,
         }
         # best.pt before last.pt: killed in between, the resume starts from the older last.pt and
@@ -372,12 +360,20 @@ class Trainer:
         atomic_save(ckpt, self.last_path)
 
 
-def train_run(run: TrainRunConfig, run_dir: str | Path | None = None) -> RunSummary:
+def train_run(run: TrainRunConfig, run_dir: str | Path | None = None, resume_hint: str = "") -> RunSummary:
     """Train as `run` says, into `run_dir` (default: checkpoints_dir/run_name); returns the summary."""
     run_dir = Path(run_dir) if run_dir is not None else Path(run.checkpoints_dir) / run.run_name
+    created = not run_dir.exists()
     d, device = init_distributed(resolve_device(run.train.device))
     try:
         with ExitStack() as stack:  # holds the run-folder lock
-            return Trainer(run, run_dir, d, device, stack).fit()
+            trainer = Trainer(run, run_dir, d, device, stack)
+            if resume_hint:
+                trainer.resume_hint = resume_hint
+            return trainer.fit()
+    except BaseException:
+        if created and d.is_main:
+            remove_if_unused(run_dir)
+        raise
     finally:
         close_distributed(d)

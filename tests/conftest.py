@@ -41,6 +41,8 @@ def train_overrides(tmp_path: Path, *extra: str) -> list[str]:
         f"dataset.cache_dir={tmp_path / 'cache'}",
         "model.hidden_size=32",
         "model.embedding_size=16",
+        "model.num_layers=2",
+        "run_name=${dataset.name}",  # tests name folders by dataset; the smoke bundle's own is <name>-smoke
         *extra,
     ]
 

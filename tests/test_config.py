@@ -26,7 +26,7 @@ def test_typos_and_wrong_types_fail_at_composition(override: str) -> None:
 def test_saved_configs_store_project_paths_portably() -> None:
     plain = to_plain(compose_config("config", []))
     assert plain["dataset"]["path"] == "${project_root:}/datasets/tinyshakespeare.txt"
-    assert plain["dataset"]["cache_dir"] == "${project_root:}/datasets/.cache"
+    assert plain["dataset"]["cache_dir"] == "./cache"  # ${generate_home:}: the current folder unless GENERATE_HOME is set
     # Read back (as evaluate does), the placeholder resolves to wherever the project is now.
     assert OmegaConf.create(plain["dataset"]).path == f"{PROJECT_ROOT}/datasets/tinyshakespeare.txt"
     assert to_plain(compose_config("config", ["dataset=text", "dataset.path=/data/x.txt"]))["dataset"]["path"] == "/data/x.txt"

@@ -12,7 +12,7 @@ import torch
 from generate.checkpoint import build_model, build_tokenizer, load_checkpoint
 from generate.cli import run_train as train
 from generate.errors import UserError
-from generate.trainer import lr_at
+from generate.optim import lr_at
 from tests.conftest import compose_config, run_cli, train_overrides
 
 
@@ -75,5 +75,6 @@ def test_multirun_trains_one_folder_per_job(small_text: Path, tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stderr[-2000:]
     for hidden in (16, 24):
-        ckpt = load_checkpoint(tmp_path / "checkpoints" / "text" / f"model.hidden_size={hidden}" / "best.pt")
+        # dataset=text takes its run name from the file (small.txt), train=smoke adds -smoke
+        ckpt = load_checkpoint(tmp_path / "checkpoints" / "small-smoke" / f"model.hidden_size={hidden}" / "best.pt")
         assert ckpt["model_spec"]["hidden_size"] == hidden
