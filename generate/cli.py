@@ -55,7 +55,7 @@ def run_sample(cfg: Any) -> list[Any]:
             if not settings.quiet:
                 print(f"--- sample {i} ---\n{item}")
         else:
-            written = item.write(out_dir / f"sample_{i}")
+            written = item.write(out_dir / f"sample_{i}", instrument=settings.instrument, soundfont=settings.soundfont)
             print(f"sample {i}: " + ", ".join(str(p) for p in written))
     print(f"wrote {len(samples)} sample(s) to {out_dir}/", file=sys.stderr)
     return samples

@@ -158,6 +158,8 @@ class SampleConfig(SamplingConfig):
     out_dir: str = "samples"
     device: Device = Device.cpu
     quiet: bool = False  # do not print text samples to stdout
+    instrument: str = ""  # music: a General MIDI program 0..127 or name (flute, violin, ...); "": piano
+    soundfont: str | None = None  # music: the .sf2/.sf3 for .wav files; None: a system one, else sine waves
 
 
 @dataclass
