@@ -21,7 +21,8 @@ from generate.config import (
 from generate.errors import UserError
 
 # command → the config file under conf/ that Hydra composes for it
-CONFIG_NAMES = {"train": "config", "sample": "sample", "evaluate": "evaluate", "export": "export", "quality": "quality"}
+CONFIG_NAMES = {"train": "config", "sample": "sample", "evaluate": "evaluate", "export": "export", "quality": "quality",
+                "app": "app"}
 
 
 # ---------------------------------------------------------------- commands
@@ -216,12 +217,12 @@ def report_errors(task: Callable[[Any], Any], cfg: Any) -> Any:
         sys.exit(130)
 
 
-def main(command: str) -> None:
-    """`python -m generate.<command> [key=value ...]`: compose, check, run."""
+def main(command: str, task: Callable[[Any], Any] | None = None) -> None:
+    """`python -m generate.<command> [key=value ...]`: compose, check, run (`task`: a command not in COMMANDS)."""
     import hydra
 
     register_configs()
-    task = COMMANDS[command]
+    task = task or COMMANDS[command]
 
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAMES[command])
     def hydra_main(cfg: Any) -> None:

@@ -192,9 +192,21 @@ class QualityConfig(SamplingConfig):
     out: str | None = None  # also write the figures as JSON here
 
 
+@dataclass
+class AppConfig:
+    """python -m generate.app: the local web app."""
+
+    host: str = "127.0.0.1"  # loopback: only this machine can reach it
+    port: int = 7860  # 0: any free port (the URL printed says which)
+    checkpoints_dir: str = "checkpoints"  # your runs: checkpoints_dir/*/best.pt, listed beside the shipped models
+    out_dir: str | None = None  # where samples are written; None: a new temporary folder
+    soundfont: str | None = None  # the .sf2/.sf3 for .wav files; None: a system one, else sine waves
+    device: Device = Device.cpu
+
+
 SCHEMAS = {
     "config": TrainRunConfig, "sample": SampleConfig, "evaluate": EvaluateConfig,
-    "export": ExportConfig, "quality": QualityConfig,
+    "export": ExportConfig, "quality": QualityConfig, "app": AppConfig,
 }
 
 
@@ -207,7 +219,7 @@ def register_configs() -> None:
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)
-    for name in ("sample", "evaluate", "export", "quality"):
+    for name in ("sample", "evaluate", "export", "quality", "app"):
         cs.store(name=f"{name}_schema", node=SCHEMAS[name])
 
 
