@@ -151,7 +151,7 @@ def test_the_page_in_a_headless_browser(started_app: str, tmp_path: Path) -> Non
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000",
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1500",
                  "--disable-background-networking", "--disable-component-update", "--no-first-run"):
         options.add_argument(flag)
     page = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
