@@ -203,11 +203,12 @@ def serve(settings: AppConfig) -> ThreadingHTTPServer:
 def run_app(cfg: Any) -> None:
     """python -m generate.app: serve until Ctrl-C, printing the URL to open."""
     settings = to_object(cfg, AppConfig)
+    sound = audio.describe(settings.soundfont)  # a wrong soundfont= path fails before anything starts
     server = serve(settings)
     host, port = server.server_address[:2]
     print(f"generate app: open http://{host}:{port}/ (files go to {server.RequestHandlerClass.app.out_dir}; "
           "Ctrl-C stops)", flush=True)
-    print(f"audio: {audio.describe(settings.soundfont)}", flush=True)
+    print(f"audio: {sound}", flush=True)
     try:
         server.serve_forever()
     finally:
