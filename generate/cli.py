@@ -39,8 +39,10 @@ def run_train(cfg: Any) -> Any:
 def run_sample(cfg: Any) -> list[Any]:
     """python -m generate.sample: generate from a checkpoint and write every sample to out_dir."""
     from generate.api import Model, TextSample
+    from generate.music.audio import find_soundfont, program_for
 
     settings = to_object(cfg, SampleConfig)
+    program_for(settings.instrument), find_soundfont(settings.soundfont)  # a typo fails before any generation
     model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
     samples = model.sample(
         settings.prompt, primer=settings.primer, temperature=settings.temperature, top_k=settings.top_k,
