@@ -186,7 +186,7 @@ def build(session: Session) -> Any:  # long: one page, laid out top to bottom as
         button = gr.Button("Generate", variant="primary", elem_id="generate")
         error = gr.HTML(visible=False, elem_id="error")  # HTML, escaped: the line shows exactly as the CLI prints it
         gr.Markdown(f"audio: {audio.describe(session.settings.soundfont)}", elem_id="audio-note")
-        texts = [gr.Textbox(label=f"sample {i}", lines=8, visible=False, elem_id=f"text-{i}") for i in range(MAX_SAMPLES)]
+        texts = [gr.Textbox(label=f"sample {i}", lines=8, max_lines=40, visible=False, elem_id=f"text-{i}") for i in range(MAX_SAMPLES)]
         slots, players, rolls, downloads = [], [], [], []
         for i in range(MAX_SAMPLES):
             with gr.Group(visible=False, elem_id=f"music-{i}") as slot, gr.Row():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from generate.app import (
 from generate.checkpoint import shipped_models
 from generate.config import PROJECT_ROOT, AppConfig
 from generate.errors import UserError
+from generate.music import audio
 
 SHAKESPEARE, BACH = str(shipped_models()["shakespeare"]), str(shipped_models()["bach"])
 SETTINGS = {"temperature": 0.8, "top_k": 0, "top_p": 1.0, "length": 40, "seed": 7}
@@ -168,6 +170,7 @@ def started_app(tmp_path: Path) -> Iterator[str]:
 @pytest.mark.slow
 def test_the_page_in_a_headless_browser(started_app: str, tmp_path: Path) -> None:  # long: one browser session, four checks in order
     browser, driver_path = _browser()
+    import pretty_midi
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -206,7 +209,12 @@ def test_the_page_in_a_headless_browser(started_app: str, tmp_path: Path) -> Non
         # Bach: a piece with an audio player of a playable WAV, its piano roll and a .mid download.
         pick_model("bach")
         type_into("#length input", "64")
-        type_into("#instrument input", "flute")
+        instrument = page.find_element(By.CSS_SELECTOR, "#instrument input")
+        instrument.click()
+        instrument.send_keys(Keys.CONTROL, "a")
+        instrument.send_keys("flute")  # the list narrows to flute and pan-flute; click the one wanted
+        wait.until(lambda p: p.find_element(By.CSS_SELECTOR, "ul[role=listbox] li[aria-label='flute']")).click()
+        wait.until(lambda p: not p.find_elements(By.CSS_SELECTOR, "ul[role=listbox]"))
         assert page.find_element(By.CSS_SELECTOR, "#instrument input").get_attribute("value") == "flute"
         page.find_element(By.ID, "generate").click()
         player = wait.until(lambda p: p.find_element(By.CSS_SELECTOR, "#audio-0 audio[src]"))
@@ -219,7 +227,8 @@ def test_the_page_in_a_headless_browser(started_app: str, tmp_path: Path) -> Non
                  for a in page.find_elements(By.CSS_SELECTOR, "#files-0 a[download]")}
         assert links.keys() == {"sample_0.mid", "sample_0.musicxml", "sample_0.wav"}
         with urllib.request.urlopen(links["sample_0.mid"], timeout=30) as response:
-            assert response.read(4) == b"MThd"
+            midi = pretty_midi.PrettyMIDI(io.BytesIO(response.read()))
+        assert midi.instruments[0].program == audio.INSTRUMENTS["flute"] and midi.instruments[0].notes
         assert error_line() == "" and not page.find_elements(By.CSS_SELECTOR, "#music-1")
         page.save_screenshot(str(tmp_path / "app_music.png"))
 
@@ -247,6 +256,10 @@ def test_the_page_in_a_headless_browser(started_app: str, tmp_path: Path) -> Non
         box = wait.until(lambda p: p.find_element(By.CSS_SELECTOR, "#text-0 textarea"))
         wait.until(lambda p: box.get_property("value") == expected)
         assert error_line() == "" and len(expected) > 250
+        page.find_element(By.XPATH, "//button[.//span[text()='all models']] | //*[text()='all models']").click()
+        table = wait.until(lambda p: p.find_element(By.CSS_SELECTOR, "#models table"))
+        rows = [row.text for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        assert {row.split(" (shipped)")[0] for row in rows} >= {"bach", "jsb", "shakespeare"}, rows
         page.save_screenshot(str(tmp_path / "app_text.png"))
     finally:
         page.quit()
