@@ -128,6 +128,19 @@ def test_program_for_names_numbers_and_mistakes() -> None:
             audio.program_for(bad)
 
 
+def test_sample_cli_refuses_a_bad_instrument_or_soundfont_before_generating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from generate import api, cli
+
+    monkeypatch.setattr(api.Model, "from_pretrained", lambda *a, **k: pytest.fail("loaded a model before checking"))
+    for key, value, message in (("instrument", "kazoo", "instrument='kazoo' is not a General MIDI program"),
+                                ("soundfont", str(tmp_path / "typo.sf2"), "soundfont=.*typo.sf2 does not exist")):
+        with pytest.raises(UserError, match=message):
+            cli.run_sample({"checkpoint": "bach", "out_dir": str(tmp_path / "out"), key: value})
+    assert not (tmp_path / "out").exists()
+
+
 def test_channel_assignment_keeps_drums_apart() -> None:
     insts = [pretty_midi.Instrument(program=p, is_drum=d) for p, d in ((40, False), (0, True), (73, False))]
     assert audio._assign_channels(insts) == [0, 9, 1]
