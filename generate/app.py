@@ -1,4 +1,4 @@
-"""python -m generate.app: a local Gradio page to pick a model, generate, listen and download (a thin UI over generate.api)."""
+"""python -m generate.app: a local Gradio page to pick a model, generate, listen and download, over generate.api."""
 
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def models_table(listed: list[dict[str, Any]]) -> str:
     lines = ["| model | " + " | ".join(name for _, name in CARD_FIELDS) + " |", "|---" * (len(CARD_FIELDS) + 1) + "|"]
     for entry in listed:
         if "card" in entry:
-            lines.append(f"| {label(entry)} | " + " | ".join(_value(k, entry["card"].get(k)) for k, _ in CARD_FIELDS) + " |")
+            values = (_value(key, entry["card"].get(key)) for key, _ in CARD_FIELDS)
+            lines.append(f"| {label(entry)} | " + " | ".join(values) + " |")
         else:
             lines.append(f"| {label(entry)} | error: {entry['error']} |" + " |" * (len(CARD_FIELDS) - 1))
     return "\n".join(lines)
@@ -186,7 +187,8 @@ def build(session: Session) -> Any:  # long: one page, laid out top to bottom as
         button = gr.Button("Generate", variant="primary", elem_id="generate")
         error = gr.HTML(visible=False, elem_id="error")  # HTML, escaped: the line shows exactly as the CLI prints it
         gr.Markdown(f"audio: {audio.describe(session.settings.soundfont)}", elem_id="audio-note")
-        texts = [gr.Textbox(label=f"sample {i}", lines=8, max_lines=40, visible=False, elem_id=f"text-{i}") for i in range(MAX_SAMPLES)]
+        texts = [gr.Textbox(label=f"sample {i}", lines=8, max_lines=40, visible=False, elem_id=f"text-{i}")
+                 for i in range(MAX_SAMPLES)]
         slots, players, rolls, downloads = [], [], [], []
         for i in range(MAX_SAMPLES):
             with gr.Group(visible=False, elem_id=f"music-{i}") as slot, gr.Row():
@@ -237,8 +239,9 @@ def music_updates(gr: Any, samples: list[dict[str, Any]], slots: list[Any], play
             updates[slot] = gr.update(visible=False)
             continue
         sample = samples[i]
-        updates.update({slot: gr.update(visible=True), players[i]: gr.update(value=sample["wav"], label=sample["title"]),
-                        rolls[i]: sample["png"], downloads[i]: [sample["mid"], sample["musicxml"], sample["wav"]]})
+        updates.update({slot: gr.update(visible=True),
+                        players[i]: gr.update(value=sample["wav"], label=sample["title"]), rolls[i]: sample["png"],
+                        downloads[i]: [sample["mid"], sample["musicxml"], sample["wav"]]})
     return updates
 
 

@@ -168,7 +168,7 @@ def started_app(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_the_page_in_a_headless_browser(started_app: str, tmp_path: Path) -> None:  # long: one browser session, four checks in order
+def test_the_page_in_a_headless_browser(started_app: str, tmp_path: Path) -> None:  # long: one session, checks in order
     browser, driver_path = _browser()
     import pretty_midi
     from selenium import webdriver
