@@ -26,6 +26,7 @@ from generate.data import load_corpus
 from generate.decoding import beam_search, check_sampling, generate_tokens, stream_tokens
 from generate.errors import UserError
 from generate.music.notes import Piece
+from generate.paths import home
 from generate.runtime import resolve_device
 from generate.scoring import EvalResult, score_documents
 from generate.sources import SPLITS, Corpus
@@ -47,28 +48,34 @@ class MusicSample:
     def __init__(self, piece: Piece, hints: dict[str, Any], qpm: float = 120.0):
         self.piece, self.hints, self.qpm = piece, hints, qpm
 
-    def write(self, path_stem: str | Path) -> list[Path]:
-        """path_stem.mid, .musicxml, .wav and a piano-roll .png; returns the paths written."""
+    def write(self, path_stem: str | Path, *, instrument: str | int | None = None, soundfont: str | None = None) -> list[Path]:
+        """path_stem.mid, .musicxml, .wav and a piano-roll .png; returns the paths written.
+
+        `instrument`: a General MIDI program or name (flute, violin, ...; None: piano) for the .mid and .wav;
+        `soundfont`: the .sf2/.sf3 the .wav is played with (None: a system one, else sine waves).
+        """
         from generate.music.render import write_music
 
         Path(path_stem).parent.mkdir(parents=True, exist_ok=True)
-        return write_music(self.piece, path_stem, self.qpm, **self.hints)
+        return write_music(self.piece, path_stem, self.qpm, **self.hints, instrument=instrument, soundfont=soundfont)
 
-    def to_midi(self) -> Any:
+    def to_midi(self, instrument: str | int | None = None) -> Any:
         """A pretty_midi.PrettyMIDI of the piece (call .write(path) on it for a .mid file)."""
+        from generate.music.audio import program_for
         from generate.music.render import sensible_register, to_pretty_midi
 
-        return to_pretty_midi(sensible_register(self.piece) if self.hints.get("melody") else self.piece, self.qpm)
+        piece = sensible_register(self.piece) if self.hints.get("melody") else self.piece
+        return to_pretty_midi(piece, self.qpm, program_for(instrument))
 
     def to_musicxml(self, path: str | Path) -> Path:
         from generate.music.render import write_musicxml
 
         return write_musicxml(self.piece, Path(path), self.qpm, self.hints.get("grand_staff", True) and not self.hints.get("melody"))
 
-    def to_wav(self, path: str | Path) -> Path:
+    def to_wav(self, path: str | Path, *, instrument: str | int | None = None, soundfont: str | None = None) -> Path:
         from generate.music.render import write_wav
 
-        return write_wav(self.to_midi(), Path(path), self.piece.in_seconds(self.qpm).duration)
+        return write_wav(self.to_midi(instrument), Path(path), self.piece.in_seconds(self.qpm).duration, soundfont)
 
     def __repr__(self) -> str:
         return f"MusicSample({len(self.piece.notes)} notes, {self.piece.in_seconds(self.qpm).duration:.1f} s)"
@@ -267,3 +274,26 @@ def train(
     except Exception as err:  # OmegaConf's ValidationError: a value of the wrong type
         raise UserError(f"bad training setting: {str(err).splitlines()[0]}") from None
     return train_run(run, resume_hint="generate.train(...) again with resume=True")
+
+
+def list_models(checkpoints_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """The shipped models and your own runs (checkpoints_dir/*/best.pt, default $GENERATE_HOME or ./checkpoints),
+    each with its name, origin and card.
+
+    A run that cannot be read is listed with an `error` instead of a card, so one bad file hides nothing else.
+    """
+    from generate.checkpoint import shipped_models
+
+    found = [(name, path, "shipped") for name, path in shipped_models().items()]
+    runs = Path(checkpoints_dir) if checkpoints_dir is not None else home() / "checkpoints"
+    found += [(p.parent.name, p, "your run") for p in sorted(runs.glob("*/best.pt"))]
+    listed: list[dict[str, Any]] = []
+    for name, path, origin in found:
+        entry: dict[str, Any] = {"name": name, "path": str(path), "origin": origin}
+        try:
+            model = Model(load_checkpoint(path), path)
+            entry.update(card=model.card(), music=model.is_music)
+        except UserError as err:
+            entry["error"] = str(err)
+        listed.append(entry)
+    return listed

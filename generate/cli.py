@@ -14,6 +14,7 @@ from generate.config import (
     CONFIG_DIR,
     EvaluateConfig,
     ExportConfig,
+    ListConfig,
     QualityConfig,
     SampleConfig,
     TrainRunConfig,
@@ -23,7 +24,8 @@ from generate.config import (
 from generate.errors import UserError
 
 # command → the config file under conf/ that Hydra composes for it
-CONFIG_NAMES = {"train": "config", "sample": "sample", "evaluate": "evaluate", "export": "export", "quality": "quality"}
+CONFIG_NAMES = {"train": "config", "sample": "sample", "evaluate": "evaluate", "export": "export", "quality": "quality",
+                "app": "app", "list": "list"}
 
 
 # ---------------------------------------------------------------- commands
@@ -42,11 +44,13 @@ def run_train(cfg: Any) -> Any:
 def run_sample(cfg: Any) -> list[Any]:
     """python -m generate.sample: generate from a checkpoint and write every sample to out_dir."""
     from generate.api import Model, TextSample
+    from generate.music.audio import find_soundfont, program_for
 
     settings = to_object(cfg, SampleConfig)
     prompt = read_prompt(settings.prompt_file) if settings.prompt_file else settings.prompt
     if settings.prompt_file and settings.prompt:
         raise UserError("prompt= and prompt_file= cannot be used together; give one of them")
+    program_for(settings.instrument), find_soundfont(settings.soundfont)  # a typo fails before any generation
     model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
     samples = model.sample(
         prompt, primer=settings.primer, temperature=settings.temperature, top_k=settings.top_k,
@@ -62,7 +66,7 @@ def run_sample(cfg: Any) -> list[Any]:
             if not settings.quiet:
                 print(f"--- sample {i} ---\n{item}")
         else:
-            written = item.write(out_dir / f"sample_{i}")
+            written = item.write(out_dir / f"sample_{i}", instrument=settings.instrument, soundfont=settings.soundfont)
             print(f"sample {i}: " + ", ".join(str(p) for p in written))
     print(f"wrote {len(samples)} sample(s) to {out_dir}/", file=sys.stderr)
     return samples
@@ -148,8 +152,29 @@ def run_quality(cfg: Any) -> dict[str, Any]:
     return result
 
 
+def run_list(cfg: Any) -> list[dict[str, Any]]:
+    """python -m generate.list: one line per shipped model and per run, with the figures that tell them apart."""
+    from generate.api import list_models
+
+    settings = to_object(cfg, ListConfig)
+    listed = list_models(settings.checkpoints_dir)
+    print(f"{'name':<24}{'origin':<10}{'dataset':<14}{'tokenizer':<11}{'parameters':>12}{'steps':>8}{'val loss':>10}  path")
+    for entry in listed:
+        card = entry.get("card")
+        if card is None:
+            print(f"{entry['name']:<24}{entry['origin']:<10}unreadable: {entry['error']}")
+            continue
+        loss = "" if card["val_loss"] is None else f"{card['val_loss']:.4f}"
+        print(f"{entry['name']:<24}{entry['origin']:<10}{card['dataset']:<14}{card['tokenizer']:<11}"
+              f"{card['parameters']:>12,}{card['steps'] or 0:>8,}{loss:>10}  {Path(entry['path']).resolve()}")
+    if not any(e["origin"] != "shipped" for e in listed):
+        print(f"(no runs of yours under {Path(settings.checkpoints_dir).resolve()}: train one with python -m generate.train)")
+    return listed
+
+
 COMMANDS: dict[str, Callable[[Any], Any]] = {
     "train": run_train, "sample": run_sample, "evaluate": run_evaluate, "export": run_export, "quality": run_quality,
+    "list": run_list,
 }
 
 
@@ -278,8 +303,8 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def main(command: str) -> None:
-    """`python -m generate.<command> [key=value ...]`: help, compose, check, run."""
+def main(command: str, task: Callable[[Any], Any] | None = None) -> None:
+    """`python -m generate.<command> [key=value ...]`: help, compose, check, run (`task`: a command not in COMMANDS)."""
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         from generate.help import command_help
 
@@ -289,7 +314,7 @@ def main(command: str) -> None:
     import hydra
 
     register_configs()
-    task = COMMANDS[command]
+    task = task or COMMANDS[command]
 
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAMES[command])
     def hydra_main(cfg: Any) -> None:

@@ -178,6 +178,8 @@ class SampleConfig(SamplingConfig):
     out_dir: str = "${generate_home:}/samples"  # where sample_<i>.* files are written
     device: Device = Device.cpu  # cpu, cuda or auto
     quiet: bool = False  # do not print text samples to stdout
+    instrument: str = ""  # music: a General MIDI program 0..127 or name (flute, violin, ...); "": piano
+    soundfont: str | None = None  # music: the .sf2/.sf3 for .wav files; None: a system one, else sine waves
 
 
 @dataclass
@@ -209,9 +211,28 @@ class QualityConfig(SamplingConfig):
     out: str | None = None  # also write the figures as JSON here
 
 
+@dataclass
+class AppConfig:
+    """python -m generate.app: the local web app."""
+
+    host: str = "127.0.0.1"  # loopback: only this machine can reach it
+    port: int = 7860  # 0: any free port (the URL printed says which)
+    checkpoints_dir: str = "${generate_home:}/checkpoints"  # your runs: checkpoints_dir/*/best.pt, beside the shipped models
+    out_dir: str | None = None  # where samples are written; None: a new temporary folder
+    soundfont: str | None = None  # the .sf2/.sf3 for .wav files; None: a system one, else sine waves
+    device: Device = Device.cpu  # cpu, cuda or auto
+
+
+@dataclass
+class ListConfig:
+    """python -m generate.list: the shipped models and your runs."""
+
+    checkpoints_dir: str = "${generate_home:}/checkpoints"  # where your run folders are
+
+
 SCHEMAS = {
     "config": TrainRunConfig, "sample": SampleConfig, "evaluate": EvaluateConfig,
-    "export": ExportConfig, "quality": QualityConfig,
+    "export": ExportConfig, "quality": QualityConfig, "app": AppConfig, "list": ListConfig,
 }
 
 
@@ -224,7 +245,7 @@ def register_configs() -> None:
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)
-    for name in ("sample", "evaluate", "export", "quality"):
+    for name in ("sample", "evaluate", "export", "quality", "app", "list"):
         cs.store(name=f"{name}_schema", node=SCHEMAS[name])
 
 

@@ -22,6 +22,8 @@ SUMMARIES = {
     "evaluate": "The loss of a checkpoint on a split of its own dataset, in nats and bits per token.",
     "export": "A training checkpoint stripped to its weights (float16 by default), for sharing.",
     "quality": "How close a music model's samples are to held-out music (histogram distances).",
+    "list": "The shipped models and your runs, with dataset, tokenizer, parameters, steps and validation loss.",
+    "app": "A local web page: pick a model, generate, listen and download (needs pip install -e \".[app]\").",
 }
 EXAMPLES = {
     "train": [
@@ -43,11 +45,14 @@ EXAMPLES = {
     ],
     "export": ["python -m generate.export checkpoint=checkpoints/shakespeare/best.pt out=shakespeare.pt"],
     "quality": ["python -m generate.quality checkpoint=bach num_samples=32 out=quality.json"],
+    "list": ["python -m generate.list", "python -m generate.list checkpoints_dir=/data/runs"],
+    "app": ["python -m generate.app                                     # http://127.0.0.1:7860",
+            "python -m generate.app port=8000 checkpoints_dir=runs/"],
 }
 SECTIONS = {"train": [("dataset", config.DatasetConfig), ("model", config.ModelConfig), ("train", config.TrainConfig),
                       ("", config.TrainRunConfig)]}
 SCHEMAS = {"sample": config.SampleConfig, "evaluate": config.EvaluateConfig, "export": config.ExportConfig,
-           "quality": config.QualityConfig}
+           "quality": config.QualityConfig, "app": config.AppConfig, "list": config.ListConfig}
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -90,6 +95,7 @@ def key_lines(prefix: str, cls: type, defaults: dict[str, Any]) -> list[str]:
         default = defaults.get(f.name)
         default = default.value if isinstance(default, Enum) else default
         shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        shown = shown.replace("${generate_home:}/", "./")  # see the note under the table
         key = f"{prefix}.{f.name}" if prefix else f.name
         lines.append(f"  {key:<30} {type_name(hints[f.name]):<22} {shown:<22} {comments.get(f.name, '')}".rstrip())
     return lines
@@ -121,6 +127,7 @@ def command_help(command: str) -> str:
         out += key_lines("", cls, {f.name: f.default for f in dataclasses.fields(cls)}) + [""]
     out += ["examples:"] + [f"  {line}" for line in EXAMPLES[command]]
     out += ["", "Write settings as key=value (no dashes). Quote text with spaces or symbols: prompt=\"What, ho! Romeo\".",
+            "Paths shown as ./ are under $GENERATE_HOME when it is set, else the current folder.",
             f"Every resolved value: python -m generate.{command} --cfg job"]
     return "\n".join(out)
 

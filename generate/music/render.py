@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,7 @@ import numpy as np
 from generate.music.notes import Note, Piece
 
 MIDI_RESOLUTION = 480  # music21's 10080 ticks/quarter makes pretty_midi reject long files as corrupt
-SAMPLE_RATE = 22050
-PEAK = 0.8  # of full scale: headroom so the .wav never clips
+SAMPLE_RATE = 44100  # CD rate: a SoundFont's upper harmonics reach past 11 kHz
 SPLIT_PITCH = 60  # polyphonic scores: middle C and up on the treble staff, the rest on the bass staff
 MELODY_REGISTER = (48, 84)  # a melody whose median pitch falls outside C3..C6 is moved by octaves
 
@@ -32,12 +30,14 @@ def sensible_register(piece: Piece) -> Piece:
     return piece.transposed(12 * octaves) if octaves else piece
 
 
-def to_pretty_midi(piece: Piece, qpm: float) -> Any:
+def to_pretty_midi(piece: Piece, qpm: float, program: int | None = None) -> Any:
+    """One instrument playing the piece: General MIDI `program` (None: 0, piano), which the .wav honours too."""
     import pretty_midi
 
     seconds = piece.in_seconds(qpm)
     pm = pretty_midi.PrettyMIDI(resolution=MIDI_RESOLUTION, initial_tempo=qpm)
-    piano = pretty_midi.Instrument(program=0, name="Piano")
+    program = program or 0
+    piano = pretty_midi.Instrument(program=program, name=pretty_midi.program_to_instrument_name(program))
     piano.notes = [
         pretty_midi.Note(velocity=int(np.clip(n.velocity, 1, 127)), pitch=n.pitch, start=n.start, end=n.end)
         for n in seconds.notes
@@ -95,19 +95,11 @@ def write_musicxml(piece: Piece, path: Path, qpm: float, grand_staff: bool = Tru
     return path
 
 
-def write_wav(pm: Any, path: Path, duration: float) -> Path:
-    """pretty_midi's own sine synthesis, 16-bit mono, written with the standard library."""
-    audio = pm.synthesize(fs=SAMPLE_RATE) if any(i.notes for i in pm.instruments) else np.zeros(0)
-    audio = np.pad(audio, (0, max(0, int(duration * SAMPLE_RATE) - len(audio))))
-    peak = float(np.abs(audio).max()) if len(audio) else 0.0
-    if peak > 0:
-        audio = audio * (PEAK / peak)
-    pcm = (audio * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(SAMPLE_RATE)
-        handle.writeframes(pcm.tobytes())
+def write_wav(pm: Any, path: Path, duration: float, soundfont: str | None = None) -> Path:
+    """16-bit WAV: each instrument's program played by a General MIDI SoundFont, else sine waves (see audio.py)."""
+    from generate.music.audio import render_wav
+
+    render_wav(pm, path, soundfont=soundfont, sample_rate=SAMPLE_RATE, min_seconds=duration)
     return path
 
 
@@ -139,22 +131,27 @@ def write_piano_roll(pm: Any, path: Path, title: str) -> Path:
 
 def write_music(
     piece: Piece, path_stem: str | Path, qpm: float = 120.0, *, grand_staff: bool = True, melody: bool = False,
-    label: str = "",
+    label: str = "", instrument: str | int | None = None, soundfont: str | None = None,
 ) -> list[Path]:
     """One decoded piece → path_stem.mid, .musicxml, .wav and .png; returns the paths written.
 
     The tokenizer's rendering hints: `melody` moves a melody into a sensible register and writes one
-    staff; `grand_staff` lets polyphonic music spread over treble and bass staves.
+    staff; `grand_staff` lets polyphonic music spread over treble and bass staves. `instrument` (a name or
+    General MIDI program) is written into the .mid and played in the .wav, with `soundfont` (None: a system one).
     """
+    from generate.music.audio import find_soundfont, program_for
+
+    program = program_for(instrument)
+    find_soundfont(soundfont)  # a wrong soundfont= path fails before anything is written
     if melody:
         piece = sensible_register(piece)
     path_stem = Path(path_stem)
-    pm = to_pretty_midi(piece, qpm)
+    pm = to_pretty_midi(piece, qpm, program)
     seconds = piece.in_seconds(qpm).duration
     title = f"{path_stem.name} ({label})" if label else path_stem.name
     return [
         write_midi(pm, path_stem.with_name(path_stem.name + ".mid")),
         write_musicxml(piece, path_stem.with_name(path_stem.name + ".musicxml"), qpm, grand_staff and not melody),
-        write_wav(pm, path_stem.with_name(path_stem.name + ".wav"), seconds),
+        write_wav(pm, path_stem.with_name(path_stem.name + ".wav"), seconds, soundfont),
         write_piano_roll(pm, path_stem.with_name(path_stem.name + ".png"), title),
     ]
