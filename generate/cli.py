@@ -70,7 +70,7 @@ def run_evaluate(cfg: Any) -> Any:
     print(f"checkpoint: {model.path} ({model.origin})")
     split = settings.split.value
     result = model.evaluate(split, batch_size=settings.batch_size, seq_len=settings.seq_len,
-                            dataset_path=settings.dataset_path)
+                            dataset_path=settings.dataset_path, cache_dir=settings.cache_dir)
     line = (
         f"{model.card()['dataset']} {split}: {result.nats_per_token:.4f} nats/token, "
         f"{result.bits_per_token:.4f} bits/token over {result.tokens:,} tokens"
@@ -90,7 +90,7 @@ def run_export(cfg: Any) -> Path:
     settings = to_object(cfg, ExportConfig)
     if not settings.checkpoint or not settings.out:
         raise UserError("give both checkpoint=PATH (a training checkpoint) and out=PATH (the file to write)")
-    target = export_checkpoint(settings.checkpoint, settings.out, getattr(torch, settings.dtype.value))
+    target = export_checkpoint(settings.checkpoint, settings.out, getattr(torch, settings.dtype.value), settings.overwrite)
     size_mb = target.stat().st_size / 1e6
     print(f"wrote {target} ({size_mb:.1f} MB, {settings.dtype.value} weights; training state dropped)")
     return target
@@ -209,6 +209,12 @@ def report_errors(task: Callable[[Any], Any], cfg: Any) -> Any:
         # One write call: under torchrun several ranks may report at once, and a line
         # written in one piece (under the pipe's atomic size) is never interleaved.
         sys.stderr.write(f"error: {err}\n")
+        sys.stderr.flush()
+        sys.exit(2)
+    except OSError as err:  # disk full, read-only, not a folder, no permission: the path and the fix
+        from generate.storage import describe_os_error
+
+        sys.stderr.write(f"error: {describe_os_error(err)}\n")
         sys.stderr.flush()
         sys.exit(2)
     except KeyboardInterrupt:

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock, Timeout
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from generate.checkpoint import load_checkpoint
+from generate.checkpoint import load_checkpoint, with_digest
 from generate.config import TrainRunConfig, to_plain
 from generate.data import IGNORE, load_corpus, split_for_eval, training_stream
 from generate.distributed import (
@@ -28,13 +26,23 @@ from generate.distributed import (
     init_distributed,
     main_first,
     main_only,
+    peers_watched,
 )
 from generate.errors import UserError
 from generate.model import GRULanguageModel, ModelSpec
+from generate.ranges import check_plain_name
 from generate.runtime import resolve_device
 from generate.scoring import EvalResult, evaluate_loss
-from generate.storage import atomic_save, remove_stale_temp_files
+from generate.storage import RunLock, atomic_save
 from generate.training_log import trim_metrics, write_loss_plot
+from generate.validate import (
+    check_optimizer_state,
+    check_shape,
+    check_size,
+    check_training_state,
+    restore_part,
+    restore_stream,
+)
 
 
 @dataclass
@@ -50,38 +58,6 @@ class RunSummary:
     @property
     def best_path(self) -> Path:
         return self.run_dir / "best.pt"
-
-
-class RunLock:
-    """An exclusive lock on a run folder, so two trainings never write the same checkpoints.
-
-    filelock takes an OS lock (flock on Unix, msvcrt on Windows) that the kernel releases when the
-    process dies, even by SIGKILL, so a crashed run never leaves a stale lock behind. Who holds it is
-    written beside it, so a refused run can say which process to wait for.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.lock = FileLock(run_dir / ".lock", timeout=0)
-        self.owner = run_dir / ".lock.owner"
-
-    def __enter__(self) -> RunLock:
-        self.owner.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.lock.acquire()
-        except Timeout:
-            holder = self.owner.read_text().strip() if self.owner.is_file() else "another process"
-            raise UserError(
-                f"{self.owner.parent} is in use by a training run ({holder}); wait for it to finish "
-                "or choose another run_name=..."
-            ) from None
-        self.owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}")
-        # Saves killed mid-write (SIGKILL, power loss) leave temp files; holding the lock, they are ours to delete.
-        remove_stale_temp_files(self.owner.parent)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.owner.unlink(missing_ok=True)
-        self.lock.release()
 
 
 def lr_at(step: int, cfg: Any) -> float:
@@ -164,9 +140,13 @@ class Trainer:
     def setup_model(self) -> None:
         try:
             self.spec = ModelSpec.from_config(self.tokenizer.vocab_size, self.run.model)
+            check_size(self.spec)
             self.model = GRULanguageModel(self.spec).to(self.device)  # the same initial weights on every rank
         except ValueError as err:
             raise UserError(str(err)) from None
+        except (RuntimeError, MemoryError) as err:  # an allocation the machine cannot make
+            raise UserError(f"cannot allocate the model on {self.device} ({str(err).splitlines()[0][:120]}); "
+                            "lower model.hidden_size or model.num_layers") from None
         if self.d.rank:
             torch.manual_seed(self.cfg.seed + self.d.rank)  # but each rank its own dropout masks
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
@@ -184,6 +164,7 @@ class Trainer:
                 f"({', '.join(missing) or 'per-process state'} missing); start a new run_name=... "
                 "(sample and evaluate can still use this file)"
             )
+        check_training_state(ckpt, self.last_path)
         if ckpt["model_spec"] != self.spec.to_dict():
             raise UserError(
                 f"{self.last_path} holds a different model ({ckpt['model_spec']}); resume with the same model.* settings"
@@ -194,18 +175,29 @@ class Trainer:
         return ckpt
 
     def resume(self, ckpt: dict[str, Any]) -> None:
-        """Restore weights, optimizer and schedule, and this rank's data position, state and random streams."""
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.step, self.best_val, self.saved_step = ckpt["step"], ckpt["best_val"], ckpt["step"]
+        """Restore weights, optimizer and schedule, and this rank's data position, state and random streams.
+
+        Each part is checked as it is restored (a damaged one is one line naming it). The current
+        train.* settings (lr, schedule, weight_decay, grad_clip, max_steps) apply from here on:
+        the saved config then records what was used.
+        """
+        restore = partial(restore_part, self.last_path)
+        restore("weights", lambda: self.model.load_state_dict(ckpt["model"]))
+        check_optimizer_state(ckpt["optimizer"], [p for g in self.optimizer.param_groups for p in g["params"]],
+                              self.last_path)
+        restore("optimizer state", lambda: self.optimizer.load_state_dict(ckpt["optimizer"]))
+        restore("lr schedule", lambda: self.scheduler.load_state_dict(ckpt["scheduler"]))
+        self.apply_settings()
+        self.step, self.best_val, self.saved_step = ckpt["step"], float(ckpt["best_val"]), ckpt["step"]
         before, d = ckpt["config"]["train"], self.d
         same_layout = (before["batch_size"], before["seq_len"]) == (self.cfg.batch_size, self.cfg.seq_len)
         if len(ckpt["rng"]) == d.world_size and same_layout:
-            self.stream.load_state_dict(ckpt["data_state"][d.rank])
-            set_rng_state(ckpt["rng"][d.rank], self.device)
+            restore("data position", lambda: restore_stream(self.stream, ckpt["data_state"][d.rank]))
+            restore("random state", lambda: set_rng_state(ckpt["rng"][d.rank], self.device))
             carried = ckpt["hidden"][d.rank]
-            self.hidden = None if carried is None else carried.to(self.device)
+            shape = (self.spec.num_layers, self.cfg.batch_size, self.spec.hidden_size)
+            restore("carried hidden state", lambda: check_shape(carried, shape))
+            self.hidden = None if carried is None else carried.float().to(self.device)
         else:
             self.say(
                 f"warning: {self.last_path} was written by {len(ckpt['rng'])} process(es) with batch_size="
@@ -213,6 +205,16 @@ class Trainer:
                 "exact (the data is read from its start again, with a fresh hidden state and random streams)"
             )
         self.say(f"resumed {self.last_path} at step {self.step} (best validation loss so far {self.best_val:.4f})")
+
+    def apply_settings(self) -> None:
+        """After loading the optimizer and schedule: this run's lr and weight decay replace the saved ones."""
+        groups = self.optimizer.param_groups
+        groups[0]["weight_decay"] = self.cfg.weight_decay  # group 1 (biases, embedding) never decays
+        self.scheduler.base_lrs = [self.cfg.lr for _ in groups]
+        for group in groups:
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * lr_at(self.scheduler.last_epoch, self.cfg)
+        self.scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() reports
 
     # ---------------------------------------------------------------- the loop
 
@@ -350,7 +352,7 @@ class Trainer:
         self.best_val, self.saved_step = min(self.best_val, result.nats_per_token), self.step
         if not self.d.is_main:
             return
-        ckpt = {
+        ckpt = with_digest({
             "model": self.model.state_dict(),
             "model_spec": self.spec.to_dict(),
             "tokenizer": self.tokenizer.to_dict(),
@@ -364,7 +366,7 @@ class Trainer:
             "config": to_plain(self.run),
             "val_loss": result.nats_per_token,
             "best_val": self.best_val,
-        }
+        })
         # best.pt before last.pt: killed in between, the resume starts from the older last.pt and
         # rewrites both; the other order would leave last.pt claiming a best that best.pt lacks.
         if is_best:
@@ -374,10 +376,11 @@ class Trainer:
 
 def train_run(run: TrainRunConfig, run_dir: str | Path | None = None) -> RunSummary:
     """Train as `run` says, into `run_dir` (default: checkpoints_dir/run_name); returns the summary."""
+    check_plain_name("run_name", run.run_name)  # also when set after the config was built (the API)
     run_dir = Path(run_dir) if run_dir is not None else Path(run.checkpoints_dir) / run.run_name
-    d, device = init_distributed(resolve_device(run.train.device))
+    d, device = init_distributed(resolve_device(run.train.device), run.train.dist_timeout_minutes)
     try:
-        with ExitStack() as stack:  # holds the run-folder lock
+        with peers_watched(d, run.train.dist_timeout_minutes), ExitStack() as stack:  # holds the run-folder lock
             return Trainer(run, run_dir, d, device, stack).fit()
     finally:
         close_distributed(d)
