@@ -155,16 +155,28 @@ class Model:
 
         The same seed and settings give exactly the text `sample` gives.
         """
+        for pieces in self.stream_samples(prompt, temperature=temperature, top_k=top_k, top_p=top_p, length=length,
+                                          seed=seed, block=block):
+            yield pieces[0]
+
+    def stream_samples(
+        self, prompt: str = "", *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, length: int = 200,
+        num_samples: int = 1, seed: int | None = None, block: int = 8,
+    ) -> Iterator[list[str]]:
+        """Text models: the next piece of each of `num_samples` samples, `block` tokens at a time (the prompt first).
+
+        Memory stays O(num_samples × (block + vocabulary)) however long the samples are.
+        """
         if self.is_music:
             raise UserError("stream() is for text models; a music model's sample is a piece: use sample()")
-        check_sampling(temperature, top_k, top_p, length, 1)
+        check_sampling(temperature, top_k, top_p, length, num_samples)
         seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
         prime, keep = self.prime(prompt)
         if keep:
-            yield self.tokenizer.decode(prime)
+            yield [self.tokenizer.decode(prime)] * num_samples
         for ids in stream_tokens(self.net, prime, length, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 seed=seed, device=self.device, block=block):
-            yield self.tokenizer.decode(ids[0].tolist())
+                                 num_samples=num_samples, seed=seed, device=self.device, block=block):
+            yield [self.tokenizer.decode(row) for row in ids.tolist()]
 
     def decode(self, rows: list[list[int]], qpm: float = 120.0) -> list[TextSample] | list[MusicSample]:
         if isinstance(self.tokenizer, MusicTokenizer):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,29 +38,68 @@ def run_train(cfg: Any) -> Any:
 
 
 def run_sample(cfg: Any) -> list[Any]:
-    """python -m generate.sample: generate from a checkpoint and write every sample to out_dir."""
-    from generate.api import Model, TextSample
+    """python -m generate.sample: generate from a checkpoint and write every sample to out_dir.
+
+    Returns the samples (texts, pieces); a text sample longer than SHOWN_TOKENS is returned as its file's path.
+    """
+    from generate.api import Model
 
     settings = to_object(cfg, SampleConfig)
-    model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
-    samples = model.sample(
-        settings.prompt, primer=settings.primer, temperature=settings.temperature, top_k=settings.top_k,
-        top_p=settings.top_p, length=settings.length, num_samples=settings.num_samples, seed=settings.seed,
-        beam_size=settings.beam_size, qpm=settings.qpm,
-    )
-    print(f"checkpoint: {model.path} ({model.origin})", file=sys.stderr)
     out_dir = Path(settings.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # before any work: a path that cannot be a folder fails now
+    model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
+    print(f"checkpoint: {model.path} ({model.origin})", file=sys.stderr)
+    if not model.is_music and settings.beam_size == 1:
+        samples = write_text_samples(model, settings, out_dir)
+    else:
+        samples = model.sample(
+            settings.prompt, primer=settings.primer, temperature=settings.temperature, top_k=settings.top_k,
+            top_p=settings.top_p, length=settings.length, num_samples=settings.num_samples, seed=settings.seed,
+            beam_size=settings.beam_size, qpm=settings.qpm,
+        )
     for i, item in enumerate(samples):
-        if isinstance(item, TextSample):
-            item.write(out_dir / f"sample_{i}.txt")
-            if not settings.quiet:
-                print(f"--- sample {i} ---\n{item}")
-        else:
+        if model.is_music:
             written = item.write(out_dir / f"sample_{i}")
             print(f"sample {i}: " + ", ".join(str(p) for p in written))
+            continue
+        if settings.beam_size > 1:
+            item.write(out_dir / f"sample_{i}.txt")
+        if not settings.quiet:
+            print(f"--- sample {i} ---", flush=True)
+            with (out_dir / f"sample_{i}.txt").open(encoding="utf-8") as text:  # in chunks: it may be huge
+                shutil.copyfileobj(text, sys.stdout)
+            print()
     print(f"wrote {len(samples)} sample(s) to {out_dir}/", file=sys.stderr)
     return samples
+
+
+def write_text_samples(model: Any, settings: SampleConfig, out_dir: Path, block: int = 4096) -> list[Any]:
+    """Stream text samples to out_dir/sample_<i>.txt, `block` tokens at a time, so memory does not grow with length.
+
+    A progress bar appears when generation takes more than a few seconds.
+    """
+    from tqdm import tqdm
+
+    from generate.api import TextSample
+
+    paths = [out_dir / f"sample_{i}.txt" for i in range(settings.num_samples)]
+    pieces = model.stream_samples(settings.prompt, temperature=settings.temperature, top_k=settings.top_k,
+                                  top_p=settings.top_p, length=settings.length, num_samples=settings.num_samples,
+                                  seed=settings.seed, block=block)
+    with ExitStack() as stack, tqdm(total=settings.length, unit="tok", unit_scale=True, delay=3, file=sys.stderr,
+                                    desc="sample", dynamic_ncols=True) as bar:
+        files = [stack.enter_context(path.open("w", encoding="utf-8")) for path in paths]
+        for k, texts in enumerate(pieces):
+            for handle, text in zip(files, texts, strict=True):
+                handle.write(text)
+            if k or not settings.prompt:  # the prompt comes first, as a block of its own
+                bar.update(min(block, settings.length - bar.n))
+    if settings.length > SHOWN_TOKENS:
+        return paths
+    return [TextSample(path.read_text(encoding="utf-8")) for path in paths]
+
+
+SHOWN_TOKENS = 100_000  # longer text samples are only written to their files
 
 
 def run_evaluate(cfg: Any) -> Any:
