@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from generate.errors import UserError
 from generate.paths import CONFIG_DIR, PROJECT_ROOT, expand_project_root, portable_paths
@@ -252,7 +253,10 @@ def to_object(cfg: Any, schema: type[T]) -> T:
     """A composed DictConfig (or a dict) → an instance of the schema dataclass, interpolations resolved."""
     if not OmegaConf.is_config(cfg):
         cfg = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-    obj = OmegaConf.to_object(cfg)
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:  # an interpolation that does not resolve, a value of the wrong type
+        raise UserError(f"bad setting: {str(err).strip().splitlines()[0]}") from None
     assert isinstance(obj, schema)
     return obj
 
@@ -294,5 +298,5 @@ def dataset_from_checkpoint(stored: Any, cache_dir: str | None = None) -> Datase
         settings = with_settings(DatasetConfig(), "dataset", values)
     except UserError as err:
         raise UserError(f"the checkpoint's dataset settings are invalid: {err}") from None
-    settings.cache_dir = expand_project_root(cache_dir or DatasetConfig.cache_dir)  # type: ignore[assignment]
+    settings.cache_dir = expand_project_root(DatasetConfig.cache_dir if cache_dir is None else cache_dir)  # type: ignore[assignment]
     return settings

@@ -226,7 +226,7 @@ DAMAGES = {
     "scheduler missing": (lambda c: c.pop("scheduler"), "scheduler"),
     "step not a number": (lambda c: c.__setitem__("step", "ten"), "step"),
     "best_val not a number": (lambda c: c.__setitem__("best_val", [1.0]), "best_val"),
-    "data position out of range": (lambda c: c["data_state"][0].__setitem__("position", 10**9), "data position"),
+    "data position out of range": (lambda c: c["data_state"][0].__setitem__("position", -5), "data position"),
     "hidden state of the wrong shape": (lambda c: c.__setitem__("hidden", [torch.zeros(2, 2)]), "hidden state"),
     "optimizer groups missing": (lambda c: c["optimizer"].__setitem__("param_groups", []), "optimizer"),
     "config without train settings": (lambda c: c["config"].pop("train"), "config.train"),
