@@ -21,6 +21,7 @@ T = TypeVar("T")
 # timeout, and training's collectives use train.dist_timeout_minutes (a frozen rank ends the job).
 SETUP_TIMEOUT = timedelta(hours=1)
 _setup_group: Any = None
+PEER_FAILURES = ("Timed out", "Connection closed by peer", "Connection reset by peer", "gloo/transport")
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ def peers_watched(d: Dist, timeout_minutes: float) -> Iterator[None]:
     """
     try:
         yield
-    except dist.DistError as err:
-        if not d.enabled:
+    except RuntimeError as err:  # DistError, or DDP's backward re-raising gloo's error as a plain RuntimeError
+        if not d.enabled or not (isinstance(err, dist.DistError) or any(m in str(err) for m in PEER_FAILURES)):
             raise
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
         raise UserError(

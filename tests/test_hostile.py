@@ -292,3 +292,44 @@ def test_export_removes_the_temporary_file_of_a_killed_export(trained, tmp_path:
 @pytest.mark.parametrize("name", ["/abs/run", "../../x", "..", "a/b"])
 def test_run_name_must_be_a_plain_name(case: Case, name: str) -> None:
     case.refuses("train", "train=smoke", f"run_name={name}", f"checkpoints_dir={case.run_dir}", needle="plain name")
+
+
+# ---------------------------------------------------------------- a frozen torchrun rank
+
+FREEZE_RANK_1 = """
+import os, signal, sys
+from generate import trainer
+from generate.cli import main
+
+real_save = trainer.Trainer.save
+
+def save_then_freeze(self, result):
+    real_save(self, result)
+    if self.d.rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)  # alive but silent, as a hung GPU or a stopped job is
+
+trainer.Trainer.save = save_then_freeze
+sys.argv = ["generate.train", *sys.argv[1:]]
+main("train")
+"""
+
+
+@pytest.mark.slow
+def test_a_frozen_rank_ends_the_job_with_one_line_on_the_others(trained, tmp_path: Path) -> None:
+    import time
+
+    script = tmp_path / "freeze.py"
+    script.write_text(FREEZE_RANK_1)
+    args = train_overrides(tmp_path, "dataset=text", f"dataset.path={trained['text']}", "run_name=frozen",
+                           "train.max_steps=40", "train.eval_every=4", "train.dist_timeout_minutes=0.1")
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=240,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"},
+    )
+    elapsed = time.perf_counter() - start
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: rank 0")]
+    assert len(errors) == 1 and "stopped answering" in errors[0], result.stderr[-3000:]
+    assert elapsed < 120, elapsed  # the default timeout would have waited 5 minutes
