@@ -129,6 +129,7 @@ def check_outcome(command: str, code: int, result: object, err: str, run: Path) 
 @pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
 def test_hostile_settings_get_one_line_or_a_sensible_run(command: str, world, capsys, monkeypatch) -> None:
     watched = (world["root"], PROJECT_ROOT / "datasets" / ".cache", PROJECT_ROOT / "checkpoints")
+    exit_codes: list[int] = []
 
     @settings(max_examples=25 if command != "train" else 18, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -142,8 +143,10 @@ def test_hostile_settings_get_one_line_or_a_sensible_run(command: str, world, ca
             before = snapshot(*watched)
             args = base_overrides(command, world, run) + [f"{k}={v}" for k, v in chosen.items()]
             code, result, err = run_command(command, args, capsys)
+            exit_codes.append(code)
             check_outcome(command, code, result, err, run)
             assert snapshot(*watched) == before, f"a file outside the run folder was written by {chosen}"
             os.chdir(world["root"])
 
     one_example()
+    assert {0, 2} <= set(exit_codes), exit_codes  # both outcomes were exercised: refusals and real runs
