@@ -297,7 +297,7 @@ def test_run_name_must_be_a_plain_name(case: Case, name: str) -> None:
 # ---------------------------------------------------------------- a frozen torchrun rank
 
 FREEZE_RANK_1 = """
-import os, signal, sys
+import sys, time
 from generate import trainer
 from generate.cli import main
 
@@ -306,7 +306,7 @@ real_save = trainer.Trainer.save
 def save_then_freeze(self, result):
     real_save(self, result)
     if self.d.rank == 1:
-        os.kill(os.getpid(), signal.SIGSTOP)  # alive but silent, as a hung GPU or a stopped job is
+        time.sleep(3600)  # alive but silent, as a hung GPU or a stopped job is (and SIGTERM still ends it)
 
 trainer.Trainer.save = save_then_freeze
 sys.argv = ["generate.train", *sys.argv[1:]]
