@@ -48,6 +48,8 @@ def run_sample(cfg: Any) -> list[Any]:
     out_dir = Path(settings.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # before any work: a path that cannot be a folder fails now
     model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
+    model.prime(settings.prompt, settings.primer)  # a bad prompt or primer is the only line printed
+    model.check_music_length(settings.length)
     print(f"checkpoint: {model.path} ({model.origin})", file=sys.stderr)
     if not model.is_music and settings.beam_size == 1:
         samples = write_text_samples(model, settings, out_dir)
