@@ -27,6 +27,7 @@ from generate.decoding import beam_search, check_sampling, generate_tokens, stre
 from generate.errors import UserError
 from generate.music.notes import Piece
 from generate.paths import home
+from generate.ranges import EVALUATE, MAX_MUSIC_TOKENS, check
 from generate.runtime import resolve_device
 from generate.scoring import EvalResult, score_documents
 from generate.sources import SPLITS, Corpus
@@ -105,7 +106,7 @@ class Model:
         config = self.checkpoint.get("config", {})
         return {
             "path": str(self.path),
-            "dataset": config.get("dataset", {}).get("name", "?"),
+            "dataset": str(dataset.get("name", "?")) if isinstance(dataset := config.get("dataset"), dict) else "?",
             "tokenizer": self.tokenizer.kind,
             "parameters": self.net.num_parameters(),
             "layers": self.net.spec.num_layers,
@@ -138,6 +139,7 @@ class Model:
         `seed=None` draws a fresh seed; the same seed and settings give the same samples.
         """
         check_sampling(temperature, top_k, top_p, length, num_samples, beam_size)
+        self.check_music_length(length)
         seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
         prime, keep = self.prime(prompt, primer)
         settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "num_samples": num_samples,
@@ -148,6 +150,11 @@ class Model:
             rows = generate_tokens(self.net, prime, length, **settings)
         return self.decode([(prime if keep else []) + row for row in rows.tolist()], qpm)
 
+    def check_music_length(self, length: int) -> None:
+        """A music sample is decoded and rendered as one piece, so its length is capped (text streams instead)."""
+        if self.is_music and length > MAX_MUSIC_TOKENS:
+            raise UserError(f"length={length} is too long for a music sample: at most {MAX_MUSIC_TOKENS:,} tokens")
+
     def stream(
         self, prompt: str = "", *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, length: int = 200,
         seed: int | None = None, block: int = 8,
@@ -156,16 +163,28 @@ class Model:
 
         The same seed and settings give exactly the text `sample` gives.
         """
+        for pieces in self.stream_samples(prompt, temperature=temperature, top_k=top_k, top_p=top_p, length=length,
+                                          seed=seed, block=block):
+            yield pieces[0]
+
+    def stream_samples(
+        self, prompt: str = "", *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, length: int = 200,
+        num_samples: int = 1, seed: int | None = None, block: int = 8,
+    ) -> Iterator[list[str]]:
+        """Text models: the next piece of each of `num_samples` samples, `block` tokens at a time (the prompt first).
+
+        Memory stays O(num_samples × (block + vocabulary)) however long the samples are.
+        """
         if self.is_music:
             raise UserError("stream() is for text models; a music model's sample is a piece: use sample()")
-        check_sampling(temperature, top_k, top_p, length, 1)
+        check_sampling(temperature, top_k, top_p, length, num_samples)
         seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
         prime, keep = self.prime(prompt)
         if keep:
-            yield self.tokenizer.decode(prime)
+            yield [self.tokenizer.decode(prime)] * num_samples
         for ids in stream_tokens(self.net, prime, length, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 seed=seed, device=self.device, block=block):
-            yield self.tokenizer.decode(ids[0].tolist())
+                                 num_samples=num_samples, seed=seed, device=self.device, block=block):
+            yield [self.tokenizer.decode(row) for row in ids.tolist()]
 
     def decode(self, rows: list[list[int]], qpm: float = 120.0) -> list[TextSample] | list[MusicSample]:
         if isinstance(self.tokenizer, MusicTokenizer):
@@ -178,11 +197,15 @@ class Model:
         ids = self.tokenizer.encode(item)
         return score_documents(self.net, self.tokenizer, [ids], batch_size=1, device=self.device)
 
-    def dataset(self, dataset_path: str | None = None) -> Corpus:
-        """The dataset this model was trained on, tokenized (from the cache when it is there)."""
-        if "config" not in self.checkpoint:
-            raise UserError(f"{self.path} does not record the dataset it was trained on")
-        settings = dataset_from_checkpoint(self.checkpoint["config"]["dataset"])
+    def dataset(self, dataset_path: str | None = None, cache_dir: str | None = None) -> Corpus:
+        """The dataset this model was trained on, tokenized (from the cache when it is there).
+
+        The token cache goes to `cache_dir` (default: datasets/.cache), never where the checkpoint says.
+        """
+        config = self.checkpoint.get("config")
+        if not isinstance(config, dict) or "dataset" not in config:
+            raise UserError(f"{self.path} does not record the dataset it was trained on; it cannot be evaluated")
+        settings = dataset_from_checkpoint(config["dataset"], cache_dir)
         if dataset_path:
             settings.path = dataset_path
         corpus = load_corpus(settings)
@@ -194,13 +217,15 @@ class Model:
         return corpus
 
     def evaluate(
-        self, split: str = "test", *, batch_size: int = 64, seq_len: int = 256, dataset_path: str | None = None
+        self, split: str = "test", *, batch_size: int = 64, seq_len: int = 256, dataset_path: str | None = None,
+        cache_dir: str | None = None,
     ) -> EvalResult:
         """The loss on a split of the model's own dataset (every token, each document from a fresh state)."""
         split = str(getattr(split, "value", split))
         if split not in SPLITS:
             raise UserError(f"split={split!r} is not one of {', '.join(SPLITS)}")
-        corpus = self.dataset(dataset_path)
+        check({"batch_size": batch_size, "seq_len": seq_len}, EVALUATE)
+        corpus = self.dataset(dataset_path, cache_dir)
         if not corpus.splits[split]:
             raise UserError(f"the {split} split of this model's dataset is empty")
         return score_documents(self.net, self.tokenizer, corpus.splits[split], batch_size, seq_len, self.device)

@@ -10,10 +10,20 @@ from typing import Any
 import torch
 
 from generate.errors import UserError
-from generate.model import GRULanguageModel, ModelSpec
+from generate.model import GRULanguageModel
 from generate.paths import SHIPPED_DIR, home, portable_paths
-from generate.storage import atomic_save
+from generate.storage import atomic_save, remove_stale_temp_files
 from generate.tokenizers import Tokenizer, tokenizer_from_dict
+from generate.validate import (
+    DIGEST_KEY,
+    check_container,
+    check_digest,
+    check_spec,
+    check_structure,
+    check_vocabulary,
+    check_weights,
+    weights_digest,
+)
 
 
 def default_run() -> Path:
@@ -22,6 +32,9 @@ def default_run() -> Path:
 
 
 SHIPPED_DEFAULT = SHIPPED_DIR / "shakespeare.pt"
+RUN_FILES = ("last.pt", "best.pt")  # a run's own checkpoints: export never writes over them
+
+
 def _refusal_reason(err: Exception) -> str:
     """The line of torch's weights-only refusal that names what was refused.
 
@@ -36,14 +49,21 @@ def _refusal_reason(err: Exception) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint as plain data (weights_only=True: no code in it ever runs)."""
+    """Load a checkpoint as plain data (weights_only=True: no code in it ever runs), checked before use.
+
+    The zip container is checked before anything is inflated, the weights are memory-mapped (a
+    file's tensors are not all read in), every weight must be dense, and a stored checksum must match.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; train one with `python -m generate.train` or fix the path")
     try:
+        mmap = check_container(path)
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except UserError:
+        raise
     except pickle.UnpicklingError as err:
         raise UserError(
             f"refused to load {path}: it is not plain data ({_refusal_reason(err)}), and a checkpoint is "
@@ -52,8 +72,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # a truncated or foreign file: zip, pickle and tensor errors of many kinds
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise UserError(f"cannot read checkpoint {path} ({detail}); it is damaged or not a checkpoint") from None
-    if not isinstance(ckpt, dict) or not {"model", "model_spec", "tokenizer"} <= ckpt.keys():
-        raise UserError(f"{path} is not a checkpoint written by this toolkit (missing model/model_spec/tokenizer)")
+    check_structure(ckpt, path)
+    check_digest(ckpt, path)
     return ckpt
 
 
@@ -80,9 +100,14 @@ def resolve_checkpoint(path: str | Path | None) -> tuple[Path, str]:
 
 
 def build_model(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> GRULanguageModel:
-    """The checkpoint's model in eval mode (for inference); parts that do not fit are a UserError."""
+    """The checkpoint's model in eval mode (for inference); parts that do not fit are a UserError.
+
+    The spec is checked against bounds and the weights' shapes before anything is allocated.
+    """
+    spec = check_spec(ckpt["model_spec"])
+    check_weights(ckpt["model"], spec)
     try:
-        model = GRULanguageModel(ModelSpec(**ckpt["model_spec"]))
+        model = GRULanguageModel(spec)
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
@@ -91,28 +116,51 @@ def build_model(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> GRU
 
 
 def build_tokenizer(ckpt: dict[str, Any]) -> Tokenizer:
-    """The checkpoint's tokenizer; an unknown or malformed one is a UserError."""
+    """The checkpoint's tokenizer, checked against the model's vocabulary; an unknown or malformed one is a UserError."""
     try:
-        return tokenizer_from_dict(ckpt["tokenizer"])
-    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+        size = tokenizer.vocab_size
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise UserError(f"the checkpoint's tokenizer cannot be rebuilt ({detail}); it is damaged or foreign") from None
+    spec_size = ckpt["model_spec"].get("vocab_size") if isinstance(ckpt.get("model_spec"), dict) else None
+    check_vocabulary(size, spec_size if isinstance(spec_size, int) else -1)
+    return tokenizer
+
+
+def with_digest(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """`ckpt` with the checksum of its weights added (every checkpoint this toolkit writes carries one)."""
+    return {**ckpt, DIGEST_KEY: weights_digest(ckpt["model"])}
 
 
 # Everything sample/evaluate read; optimizer, scheduler, data position, RNG and carried state are dropped.
 EXPORT_KEYS = ("model_spec", "tokenizer", "config", "step", "val_loss", "best_val")
 
 
-def export_checkpoint(source: str | Path, target: str | Path, dtype: torch.dtype = torch.float16) -> Path:
-    """A training checkpoint stripped to what sampling and evaluation need, weights stored as `dtype`."""
+def export_checkpoint(
+    source: str | Path, target: str | Path, dtype: torch.dtype = torch.float16, overwrite: bool = False
+) -> Path:
+    """A training checkpoint stripped to what sampling and evaluation need, weights stored as `dtype`.
+
+    An existing `target` is replaced only with `overwrite=True`, and a run's last.pt / best.pt never.
+    """
     source, target = Path(source), Path(target)
     if source.resolve() == target.resolve():
         raise UserError("out= must differ from checkpoint=: export never overwrites its source")
+    if target.is_dir():
+        raise UserError(f"out={target} is a folder; give the file to write, e.g. out={target / 'model.pt'}")
+    if target.exists() and target.name in RUN_FILES:
+        raise UserError(f"out={target} is a training run's {target.name}; export never overwrites it: choose another out=")
+    if target.exists() and not overwrite:
+        raise UserError(f"out={target} already exists; add overwrite=true to replace it, or choose another out=")
     ckpt = load_checkpoint(source)
     build_model(ckpt)  # refuse to export anything that would not load back
+    build_tokenizer(ckpt)
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     kept = {k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}
     if "config" in kept:
         kept["config"] = portable_paths(kept["config"])  # checkpoints from before paths were portable
-    atomic_save({"model": weights, **kept}, target)
+    if target.parent.is_dir():  # an export killed mid-write left its temporary file here
+        remove_stale_temp_files(target.parent, target.name)
+    atomic_save(with_digest({"model": weights, **kept}), target)
     return target

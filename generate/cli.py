@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -42,32 +44,44 @@ def run_train(cfg: Any) -> Any:
 
 
 def run_sample(cfg: Any) -> list[Any]:
-    """python -m generate.sample: generate from a checkpoint and write every sample to out_dir."""
-    from generate.api import Model, TextSample
+    """python -m generate.sample: generate from a checkpoint and write every sample to out_dir.
+
+    Returns the samples (texts, pieces); a text sample longer than SHOWN_TOKENS is returned as its file's path.
+    """
+    from generate.api import Model
     from generate.music.audio import find_soundfont, program_for
 
     settings = to_object(cfg, SampleConfig)
-    prompt = read_prompt(settings.prompt_file) if settings.prompt_file else settings.prompt
     if settings.prompt_file and settings.prompt:
         raise UserError("prompt= and prompt_file= cannot be used together; give one of them")
+    prompt = read_prompt(settings.prompt_file) if settings.prompt_file else settings.prompt
     program_for(settings.instrument), find_soundfont(settings.soundfont)  # a typo fails before any generation
-    model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
-    samples = model.sample(
-        prompt, primer=settings.primer, temperature=settings.temperature, top_k=settings.top_k,
-        top_p=settings.top_p, length=settings.length, num_samples=settings.num_samples, seed=settings.seed,
-        beam_size=settings.beam_size, qpm=settings.qpm,
-    )
-    print(f"checkpoint: {model.path} ({model.origin})", file=sys.stderr)
     out_dir = Path(settings.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # before any work: a path that cannot be a folder fails now
+    model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
+    model.prime(prompt, settings.primer)  # a bad prompt or primer is the only line printed
+    model.check_music_length(settings.length)
+    print(f"checkpoint: {model.path} ({model.origin})", file=sys.stderr)
+    if not model.is_music and settings.beam_size == 1:
+        samples = write_text_samples(model, settings, prompt, out_dir)
+    else:
+        samples = model.sample(
+            prompt, primer=settings.primer, temperature=settings.temperature, top_k=settings.top_k,
+            top_p=settings.top_p, length=settings.length, num_samples=settings.num_samples, seed=settings.seed,
+            beam_size=settings.beam_size, qpm=settings.qpm,
+        )
     for i, item in enumerate(samples):
-        if isinstance(item, TextSample):
-            item.write(out_dir / f"sample_{i}.txt")
-            if not settings.quiet:
-                print(f"--- sample {i} ---\n{item}")
-        else:
+        if model.is_music:
             written = item.write(out_dir / f"sample_{i}", instrument=settings.instrument, soundfont=settings.soundfont)
             print(f"sample {i}: " + ", ".join(str(p) for p in written))
+            continue
+        if settings.beam_size > 1:
+            item.write(out_dir / f"sample_{i}.txt")
+        if not settings.quiet:
+            print(f"--- sample {i} ---", flush=True)
+            with (out_dir / f"sample_{i}.txt").open(encoding="utf-8") as text:  # in chunks: it may be huge
+                shutil.copyfileobj(text, sys.stdout)
+            print()
     print(f"wrote {len(samples)} sample(s) to {out_dir}/", file=sys.stderr)
     return samples
 
@@ -84,6 +98,35 @@ def read_prompt(path: str) -> str:
         raise UserError(f"cannot read prompt file {path} ({err.strerror}); check the path") from None
 
 
+def write_text_samples(model: Any, settings: SampleConfig, prompt: str, out_dir: Path, block: int = 4096) -> list[Any]:
+    """Stream text samples to out_dir/sample_<i>.txt, `block` tokens at a time, so memory does not grow with length.
+
+    A progress bar appears when generation takes more than a few seconds.
+    """
+    from tqdm import tqdm
+
+    from generate.api import TextSample
+
+    paths = [out_dir / f"sample_{i}.txt" for i in range(settings.num_samples)]
+    pieces = model.stream_samples(prompt, temperature=settings.temperature, top_k=settings.top_k,
+                                  top_p=settings.top_p, length=settings.length, num_samples=settings.num_samples,
+                                  seed=settings.seed, block=block)
+    with ExitStack() as stack, tqdm(total=settings.length, unit="tok", unit_scale=True, delay=3, file=sys.stderr,
+                                    desc="sample", dynamic_ncols=True) as bar:
+        files = [stack.enter_context(path.open("w", encoding="utf-8")) for path in paths]
+        for k, texts in enumerate(pieces):
+            for handle, text in zip(files, texts, strict=True):
+                handle.write(text)
+            if k or not prompt:  # the prompt comes first, as a block of its own
+                bar.update(min(block, settings.length - bar.n))
+    if settings.length > SHOWN_TOKENS:
+        return paths
+    return [TextSample(path.read_text(encoding="utf-8")) for path in paths]
+
+
+SHOWN_TOKENS = 100_000  # longer text samples are only written to their files
+
+
 def run_evaluate(cfg: Any) -> Any:
     """python -m generate.evaluate: the loss on a split of the checkpoint's own dataset."""
     from generate.api import Model
@@ -93,7 +136,7 @@ def run_evaluate(cfg: Any) -> Any:
     print(f"checkpoint: {model.path} ({model.origin})")
     split = settings.split.value
     result = model.evaluate(split, batch_size=settings.batch_size, seq_len=settings.seq_len,
-                            dataset_path=settings.dataset_path)
+                            dataset_path=settings.dataset_path, cache_dir=settings.cache_dir)
     line = (
         f"{model.card()['dataset']} {split}: {result.nats_per_token:.4f} nats/token, "
         f"{result.bits_per_token:.4f} bits/token over {result.tokens:,} tokens"
@@ -113,7 +156,7 @@ def run_export(cfg: Any) -> Path:
     settings = to_object(cfg, ExportConfig)
     if not settings.checkpoint or not settings.out:
         raise UserError("give both checkpoint=PATH (a training checkpoint) and out=PATH (the file to write)")
-    target = export_checkpoint(settings.checkpoint, settings.out, getattr(torch, settings.dtype.value))
+    target = export_checkpoint(settings.checkpoint, settings.out, getattr(torch, settings.dtype.value), settings.overwrite)
     size_mb = target.stat().st_size / 1e6
     print(f"wrote {target} ({size_mb:.1f} MB, {settings.dtype.value} weights; training state dropped)")
     return target
@@ -253,6 +296,12 @@ def report_errors(task: Callable[[Any], Any], cfg: Any) -> Any:
         # One write call: under torchrun several ranks may report at once, and a line
         # written in one piece (under the pipe's atomic size) is never interleaved.
         sys.stderr.write(f"error: {err}\n")
+        sys.stderr.flush()
+        sys.exit(2)
+    except OSError as err:  # disk full, read-only, not a folder, no permission: the path and the fix
+        from generate.storage import describe_os_error
+
+        sys.stderr.write(f"error: {describe_os_error(err)}\n")
         sys.stderr.flush()
         sys.exit(2)
     except KeyboardInterrupt as err:  # Ctrl-C (SIGINT) or, during training, SIGTERM

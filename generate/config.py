@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from generate.errors import UserError
 from generate.paths import CONFIG_DIR, PROJECT_ROOT, expand_project_root, home, portable_paths
+from generate.ranges import DATASET, EVALUATE, MODEL, SAMPLING, TRAIN, check, check_plain_name
 
 # ${project_root:} finds the bundled datasets from any working directory; ${generate_home:} is where
 # your runs, samples and caches go ($GENERATE_HOME, else the current folder). Registered here, with
@@ -110,6 +112,17 @@ class DatasetConfig:
     num_workers: int = 0  # processes tokenizing MIDI/score folders; 0 = one per CPU core
     max_files: int = 0  # 0 = no limit; else the first N files (chorales; sequences per benchmark split)
 
+    def __post_init__(self) -> None:
+        """Every value in its range (generate/ranges.py), checked for the CLI and the API alike."""
+        extra = []
+        if _numbers(self, "val_fraction", "test_fraction") and self.val_fraction + self.test_fraction >= 1:
+            extra.append(f"dataset.val_fraction + dataset.test_fraction = {self.val_fraction + self.test_fraction:g} "
+                         "must be below 1 to leave a training split")
+        if _numbers(self, "min_pitch", "max_pitch") and self.min_pitch > self.max_pitch:
+            extra.append(f"dataset.min_pitch={self.min_pitch} must not exceed dataset.max_pitch={self.max_pitch}")
+        check(vars(self), DATASET, "dataset.", extra)
+        check_plain_name("dataset.name", self.name)
+
 
 @dataclass
 class ModelConfig:
@@ -122,6 +135,9 @@ class ModelConfig:
     # false: the seed equations, reset applied to h before the product.
     reset_after: bool = True  # true: torch.nn.GRU (cuDNN); false: the seed equations (reset before the product)
     tie_weights: bool = False  # needs embedding_size == hidden_size
+
+    def __post_init__(self) -> None:
+        check(vars(self), MODEL, "model.")
 
 
 @dataclass
@@ -144,6 +160,10 @@ class TrainConfig:
     log_every: int = 25  # steps between progress-bar / metrics updates
     max_bad_steps: int = 10  # consecutive non-finite losses before training stops
     save_every_minutes: float = 5.0  # also save last.pt this often (0 = only at evaluations), so a crash loses little
+    dist_timeout_minutes: float = 5.0  # torchrun: a rank silent this long in a collective ends the job, one line
+
+    def __post_init__(self) -> None:
+        check(vars(self), TRAIN, "train.")
 
 
 @dataclass
@@ -153,6 +173,9 @@ class TrainRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     run_name: str = RUN_NAME  # checkpoints go to <checkpoints_dir>/<run_name>/ (default: the file's, folder's or dataset's name)
     checkpoints_dir: str = "${generate_home:}/checkpoints"  # where run folders go
+
+    def __post_init__(self) -> None:
+        check_plain_name("run_name", self.run_name)
 
 
 @dataclass
@@ -165,6 +188,9 @@ class SamplingConfig:
     length: int = 500  # new tokens per sample
     num_samples: int = 1  # samples generated together as one batch
     seed: int = 1337  # everything random derives from it; same seed and settings, same result
+
+    def __post_init__(self) -> None:
+        check(vars(self), SAMPLING)
 
 
 @dataclass
@@ -190,6 +216,10 @@ class EvaluateConfig:
     seq_len: int = 256  # tokens per forward pass
     device: Device = Device.auto  # auto, cpu or cuda
     dataset_path: str | None = None  # read the dataset from here instead (a checkpoint from another machine)
+    cache_dir: str | None = None  # where the dataset's token cache goes (default: ./cache, or $GENERATE_HOME/cache)
+
+    def __post_init__(self) -> None:
+        check(vars(self), EVALUATE)
 
 
 @dataclass
@@ -197,6 +227,7 @@ class ExportConfig:
     checkpoint: str | None = None  # a training checkpoint (last.pt / best.pt)
     out: str | None = None  # where to write the stripped copy
     dtype: Dtype = Dtype.float16  # storage type of the weights
+    overwrite: bool = False  # replace an existing `out` (never a run's last.pt / best.pt)
 
 
 @dataclass
@@ -252,11 +283,19 @@ def register_configs() -> None:
 T = TypeVar("T")
 
 
+def _numbers(obj: Any, *names: str) -> bool:
+    """Whether these fields hold finite numbers (so a cross-field rule can compare them)."""
+    return all(isinstance(getattr(obj, n), int | float) and getattr(obj, n) == getattr(obj, n) for n in names)
+
+
 def to_object(cfg: Any, schema: type[T]) -> T:
     """A composed DictConfig (or a dict) → an instance of the schema dataclass, interpolations resolved."""
     if not OmegaConf.is_config(cfg):
         cfg = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-    obj = OmegaConf.to_object(cfg)
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:  # an interpolation that does not resolve, a value of the wrong type
+        raise UserError(f"bad setting: {str(err).strip().splitlines()[0]}") from None
     assert isinstance(obj, schema)
     return obj
 
@@ -281,15 +320,22 @@ def with_settings(obj: T, section: str, settings: dict[str, Any]) -> T:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def dataset_from_checkpoint(stored: dict[str, Any]) -> DatasetConfig:
+def dataset_from_checkpoint(stored: Any, cache_dir: str | None = None) -> DatasetConfig:
     """The DatasetConfig a checkpoint was trained on. Only ${project_root:} is expanded: a stored
-    value is never resolved through environment variables or any other interpolation."""
-    names = {f.name for f in dataclasses.fields(DatasetConfig)}
+    value is never resolved through environment variables or any other interpolation. The cache
+    folder is never the checkpoint's: it is `cache_dir`, else the default (datasets/.cache)."""
+    if not isinstance(stored, dict):
+        raise UserError("the checkpoint's config.dataset is not a mapping; it is damaged or foreign")
+    names = {f.name for f in dataclasses.fields(DatasetConfig)} - {"cache_dir"}
     values = {k: v for k, v in stored.items() if k in names}
-    for key in ("path", "cache_dir"):
-        if isinstance(values.get(key), str):
-            values[key] = expand_project_root(values[key])
+    if isinstance(values.get("path"), str):
+        values["path"] = expand_project_root(values["path"])
     for key, value in values.items():
         if isinstance(value, str) and "${" in value:
             raise UserError(f"the checkpoint's dataset.{key} holds an interpolation ({value[:60]}); it is refused")
-    return with_settings(DatasetConfig(), "dataset", values)
+    try:
+        settings = with_settings(DatasetConfig(), "dataset", values)
+    except UserError as err:
+        raise UserError(f"the checkpoint's dataset settings are invalid: {err}") from None
+    settings.cache_dir = expand_project_root(DatasetConfig.cache_dir if cache_dir is None else cache_dir)  # type: ignore[assignment]
+    return settings

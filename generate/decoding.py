@@ -9,28 +9,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from generate.errors import UserError
+from generate.ranges import SAMPLING, check
 
 
 def check_sampling(
     temperature: float, top_k: int, top_p: float, length: int, num_samples: int, beam_size: int = 1
 ) -> None:
     """Refuse out-of-range sampling settings before any work, naming each and its valid range."""
-    problems = []
-    if temperature < 0:
-        problems.append(f"temperature={temperature} must be >= 0 (0 means greedy)")
-    if not 0 < top_p <= 1:
-        problems.append(f"top_p={top_p} must be in (0, 1] (1.0 turns it off)")
-    if top_k < 0:
-        problems.append(f"top_k={top_k} must be >= 0 (0 turns it off)")
-    if length < 1:
-        problems.append(f"length={length} must be >= 1")
-    if num_samples < 1:
-        problems.append(f"num_samples={num_samples} must be >= 1")
-    if beam_size < 1:
-        problems.append(f"beam_size={beam_size} must be >= 1")
-    if problems:
-        raise UserError("; ".join(problems))
+    values = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "length": length,
+              "num_samples": num_samples, "beam_size": beam_size}
+    check(values, SAMPLING)
 
 
 def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:

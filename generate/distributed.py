@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -16,8 +17,11 @@ from generate.errors import UserError
 T = TypeVar("T")
 
 # The other ranks wait in a collective while rank 0 tokenizes the dataset; a big MIDI folder can
-# take longer than NCCL's default 10 minutes.
-COLLECTIVE_TIMEOUT = timedelta(hours=1)
+# take longer than NCCL's default 10 minutes. So set-up talks over a group of its own with this
+# timeout, and training's collectives use train.dist_timeout_minutes (a frozen rank ends the job).
+SETUP_TIMEOUT = timedelta(hours=1)
+_setup_group: Any = None
+PEER_FAILURES = ("Timed out", "Connection closed by peer", "Connection reset by peer", "gloo/transport")
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
+def init_distributed(device: torch.device, timeout_minutes: float = 5.0) -> tuple[Dist, torch.device]:
     """Join the torchrun job (NCCL on CUDA, gloo on CPU) → (Dist, this rank's device).
 
     torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them, or
@@ -55,9 +59,30 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    global _setup_group
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+        timeout = timedelta(minutes=timeout_minutes)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        _setup_group = dist.new_group(backend="gloo", timeout=SETUP_TIMEOUT)  # CPU objects only
     return Dist(rank, world_size, local_rank), device
+
+
+@contextmanager
+def peers_watched(d: Dist, timeout_minutes: float) -> Iterator[None]:
+    """A collective that failed because another rank froze, died or lost its connection: one line, not a traceback.
+
+    (NCCL's watchdog aborts a timed-out process itself; gloo raises, and this catches it.)
+    """
+    try:
+        yield
+    except RuntimeError as err:  # DistError, or DDP's backward re-raising gloo's error as a plain RuntimeError
+        if not d.enabled or not (isinstance(err, dist.DistError) or any(m in str(err) for m in PEER_FAILURES)):
+            raise
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise UserError(
+            f"rank {d.rank}: another process of this torchrun job stopped answering ({detail}); no reply within "
+            f"train.dist_timeout_minutes={timeout_minutes:g} ends the job: restart it with train.resume=true"
+        ) from None
 
 
 def close_distributed(d: Dist) -> None:
@@ -67,7 +92,7 @@ def close_distributed(d: Dist) -> None:
 
 def _broadcast(obj: Any) -> Any:
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_setup_group)
     return box[0]
 
 

@@ -32,3 +32,14 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def apply_settings(optimizer: torch.optim.Optimizer, scheduler: Any, cfg: Any) -> None:
+    """After loading a saved optimizer and schedule on resume: this run's lr and weight decay replace the saved ones."""
+    groups = optimizer.param_groups
+    groups[0]["weight_decay"] = cfg.weight_decay  # group 1 (biases, embedding) never decays
+    scheduler.base_lrs = [cfg.lr for _ in groups]
+    for group in groups:
+        group["initial_lr"] = cfg.lr
+        group["lr"] = cfg.lr * lr_at(scheduler.last_epoch, cfg)
+    scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() reports

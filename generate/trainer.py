@@ -8,6 +8,7 @@ import signal
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from generate.checkpoint import load_checkpoint
+from generate.checkpoint import load_checkpoint, with_digest
 from generate.config import TrainRunConfig, to_plain
 from generate.data import IGNORE, load_corpus, split_for_eval, training_stream
 from generate.distributed import (
@@ -26,16 +27,26 @@ from generate.distributed import (
     init_distributed,
     main_first,
     main_only,
+    peers_watched,
 )
 from generate.errors import Interrupted, UserError
 from generate.interrupts import StopRequests
 from generate.model import GRULanguageModel, ModelSpec
-from generate.optim import lr_at, make_optimizer, rng_state, set_rng_state
+from generate.optim import apply_settings, lr_at, make_optimizer, rng_state, set_rng_state
+from generate.ranges import check_plain_name
 from generate.run_folder import RunLock, remove_if_unused
 from generate.runtime import resolve_device
 from generate.scoring import EvalResult, evaluate_loss
 from generate.storage import atomic_save
 from generate.training_log import trim_metrics, write_loss_plot
+from generate.validate import (
+    check_optimizer_state,
+    check_shape,
+    check_size,
+    check_training_state,
+    restore_part,
+    restore_stream,
+)
 
 
 @dataclass
@@ -53,7 +64,6 @@ class RunSummary:
         return self.run_dir / "best.pt"
 
 
-RESUME_KEYS = ("optimizer", "scheduler", "step", "best_val", "data_state", "rng", "hidden", "config")
 
 
 class Trainer:
@@ -111,9 +121,13 @@ class Trainer:
     def setup_model(self) -> None:
         try:
             self.spec = ModelSpec.from_config(self.tokenizer.vocab_size, self.run.model)
+            check_size(self.spec)
             self.model = GRULanguageModel(self.spec).to(self.device)  # the same initial weights on every rank
         except ValueError as err:
             raise UserError(str(err)) from None
+        except (RuntimeError, MemoryError) as err:  # an allocation the machine cannot make
+            raise UserError(f"cannot allocate the model on {self.device} ({str(err).splitlines()[0][:120]}); "
+                            "lower model.hidden_size or model.num_layers") from None
         if self.d.rank:
             torch.manual_seed(self.cfg.seed + self.d.rank)  # but each rank its own dropout masks
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
@@ -124,35 +138,34 @@ class Trainer:
     def read_resume(self) -> dict[str, Any]:
         """last.pt, checked against this run's model and data (rank 0, holding the lock)."""
         ckpt = load_checkpoint(self.last_path)
-        missing = [key for key in RESUME_KEYS if key not in ckpt]
-        if missing or not isinstance(ckpt["rng"], list):
-            raise UserError(
-                f"{self.last_path} holds a model but not the training state to resume from "
-                f"({', '.join(missing) or 'per-process state'} missing); start a new run_name=... "
-                "(sample and evaluate can still use this file)"
-            )
-        if ckpt["model_spec"] != self.spec.to_dict():
-            raise UserError(
-                f"{self.last_path} holds a different model ({ckpt['model_spec']}); resume with the same model.* settings"
-            )
-        if ckpt["tokenizer"] != self.tokenizer.to_dict():
-            raise UserError(f"{self.last_path} was trained on a different dataset; resume with the same dataset.* settings")
+        check_training_state(ckpt, self.last_path, self.spec.to_dict(), self.tokenizer.to_dict())
         trim_metrics(self.metrics_path, ckpt["step"])
         return ckpt
 
     def resume(self, ckpt: dict[str, Any]) -> None:
-        """Restore weights, optimizer and schedule, and this rank's data position, state and random streams."""
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.step, self.best_val, self.saved_step = ckpt["step"], ckpt["best_val"], ckpt["step"]
+        """Restore weights, optimizer and schedule, and this rank's data position, state and random streams.
+
+        Each part is checked as it is restored (a damaged one is one line naming it). The current
+        train.* settings (lr, schedule, weight_decay, grad_clip, max_steps) apply from here on:
+        the saved config then records what was used.
+        """
+        restore = partial(restore_part, self.last_path)
+        restore("weights", lambda: self.model.load_state_dict(ckpt["model"]))
+        check_optimizer_state(ckpt["optimizer"], [p for g in self.optimizer.param_groups for p in g["params"]],
+                              self.last_path)
+        restore("optimizer state", lambda: self.optimizer.load_state_dict(ckpt["optimizer"]))
+        restore("lr schedule", lambda: self.scheduler.load_state_dict(ckpt["scheduler"]))
+        apply_settings(self.optimizer, self.scheduler, self.cfg)
+        self.step, self.best_val, self.saved_step = ckpt["step"], float(ckpt["best_val"]), ckpt["step"]
         before, d = ckpt["config"]["train"], self.d
         same_layout = (before["batch_size"], before["seq_len"]) == (self.cfg.batch_size, self.cfg.seq_len)
         if len(ckpt["rng"]) == d.world_size and same_layout:
-            self.stream.load_state_dict(ckpt["data_state"][d.rank])
-            set_rng_state(ckpt["rng"][d.rank], self.device)
+            restore("data position", lambda: restore_stream(self.stream, ckpt["data_state"][d.rank]))
+            restore("random state", lambda: set_rng_state(ckpt["rng"][d.rank], self.device))
             carried = ckpt["hidden"][d.rank]
-            self.hidden = None if carried is None else carried.to(self.device)
+            shape = (self.spec.num_layers, self.cfg.batch_size, self.spec.hidden_size)
+            restore("carried hidden state", lambda: check_shape(carried, shape))
+            self.hidden = None if carried is None else carried.float().to(self.device)
             loss_sum, steps = ckpt.get("log_window", [(0.0, 0)] * d.world_size)[d.rank]
             self.running_loss.fill_(loss_sum)
             self.running_steps = steps
@@ -337,7 +350,7 @@ class Trainer:
         self.saved_step = self.step
         if not self.d.is_main:
             return
-        ckpt = {
+        ckpt = with_digest({
             "model": self.model.state_dict(),
             "model_spec": self.spec.to_dict(),
             "tokenizer": self.tokenizer.to_dict(),
@@ -352,7 +365,7 @@ class Trainer:
             "config": to_plain(self.run),
             "val_loss": self.last_val,
             "best_val": self.best_val,
-        }
+        })
         # best.pt before last.pt: killed in between, the resume starts from the older last.pt and
         # rewrites both; the other order would leave last.pt claiming a best that best.pt lacks.
         if is_best:
@@ -362,11 +375,12 @@ class Trainer:
 
 def train_run(run: TrainRunConfig, run_dir: str | Path | None = None, resume_hint: str = "") -> RunSummary:
     """Train as `run` says, into `run_dir` (default: checkpoints_dir/run_name); returns the summary."""
+    check_plain_name("run_name", run.run_name)  # also when set after the config was built (the API)
     run_dir = Path(run_dir) if run_dir is not None else Path(run.checkpoints_dir) / run.run_name
     created = not run_dir.exists()
-    d, device = init_distributed(resolve_device(run.train.device))
+    d, device = init_distributed(resolve_device(run.train.device), run.train.dist_timeout_minutes)
     try:
-        with ExitStack() as stack:  # holds the run-folder lock
+        with peers_watched(d, run.train.dist_timeout_minutes), ExitStack() as stack:  # holds the run-folder lock
             trainer = Trainer(run, run_dir, d, device, stack)
             if resume_hint:
                 trainer.resume_hint = resume_hint

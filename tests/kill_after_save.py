@@ -21,6 +21,10 @@ if __name__ == "__main__":
     def save_then_die(self: trainer.Trainer, result: trainer.EvalResult) -> None:
         global saves
         real_save(self, result)
+        if self.d.enabled:  # every rank dies only once rank 0 has written its files (else torchrun may kill it mid-save)
+            import torch.distributed as dist
+
+            dist.barrier()
         saves += 1
         if saves == limit:
             os.kill(os.getpid(), signal.SIGKILL)
