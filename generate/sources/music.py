@@ -12,6 +12,7 @@ from typing import Any
 
 from generate.errors import UserError
 from generate.music.extract import Extraction, key_profiles, key_shift
+from generate.music.midifile import MidiSkip
 from generate.music.notes import Note, Track
 from generate.music.read import midi_tracks, read_midi, read_scores, score_tracks
 from generate.sources.corpus import Corpus
@@ -112,13 +113,11 @@ def process_midi_file(item: tuple[str, str], tok: MusicTokenizer, ex: Extraction
     """(name, path) → FileResult; never raises, so one bad file in thousands is only counted (worker entry)."""
     name, path = item
     try:
-        if Path(path).stat().st_size == 0:
-            return FileResult(name, "empty file (0 bytes)")
         try:
-            pm = read_midi(Path(path))
-        except Exception:
-            return FileResult(name, "not readable as MIDI (corrupt or truncated)")
-        return tokenize_tracks(name, midi_tracks(pm, tok.unit), tok, ex)
+            content = read_midi(Path(path))
+        except MidiSkip as skip:  # the true reason: empty, not MIDI, truncated, corrupt, SMPTE timing, no tracks
+            return FileResult(name, skip.reason.value)
+        return tokenize_tracks(name, midi_tracks(content, tok.unit), tok, ex)
     except Exception as err:  # anything else odd about one file must not stop a whole folder
         return FileResult(name, f"failed ({type(err).__name__})")
 
