@@ -19,6 +19,7 @@ from generate.config import (
     to_object,
 )
 from generate.errors import UserError
+from generate.runtime import use_threads
 
 # command → the config file under conf/ that Hydra composes for it
 CONFIG_NAMES = {"train": "config", "sample": "sample", "evaluate": "evaluate", "export": "export", "quality": "quality"}
@@ -40,6 +41,7 @@ def run_sample(cfg: Any) -> list[Any]:
     from generate.api import Model, TextSample
 
     settings = to_object(cfg, SampleConfig)
+    use_threads(settings.threads)
     model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
     samples = model.sample(
         settings.prompt, primer=settings.primer, temperature=settings.temperature, top_k=settings.top_k,
@@ -66,6 +68,7 @@ def run_evaluate(cfg: Any) -> Any:
     from generate.api import Model
 
     settings = to_object(cfg, EvaluateConfig)
+    use_threads(settings.threads)
     model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
     print(f"checkpoint: {model.path} ({model.origin})")
     split = settings.split.value

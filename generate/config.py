@@ -125,6 +125,10 @@ class TrainConfig:
     bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
     log_every: int = 25  # steps between progress-bar / metrics updates
     max_bad_steps: int = 10  # consecutive non-finite losses before training stops
+    # Validation tokens scored at each evaluation: a split up to this size is scored whole, a bigger one
+    # through a fixed sample of about this many tokens (the same every time); 0 = always the whole split.
+    eval_tokens: int = 262_144
+    threads: int = 1  # torch CPU threads; 1 measured fastest on a shared 2-core machine (docs/performance.md); 0 = torch's default
 
 
 @dataclass
@@ -158,6 +162,7 @@ class SampleConfig(SamplingConfig):
     out_dir: str = "samples"
     device: Device = Device.cpu
     quiet: bool = False  # do not print text samples to stdout
+    threads: int = 1  # torch CPU threads (0 = torch's default); see train.threads
 
 
 @dataclass
@@ -169,6 +174,7 @@ class EvaluateConfig:
     device: Device = Device.auto
     # Override where the dataset is read from (e.g. the checkpoint came from another machine).
     dataset_path: str | None = None
+    threads: int = 1  # torch CPU threads (0 = torch's default); see train.threads
 
 
 @dataclass

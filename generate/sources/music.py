@@ -243,7 +243,7 @@ def midi_fingerprint(cfg: Any) -> str:
     return folder_fingerprint(cfg, MIDI_SUFFIXES, "MIDI", settings_key(cfg))
 
 
-def build_midi(cfg: Any) -> Corpus:
+def build_midi(cfg: Any, workdir: Path | None = None) -> Corpus:
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok)
     if ex.transpose == "c":
@@ -258,7 +258,7 @@ def scores_fingerprint(cfg: Any) -> str:
     return folder_fingerprint(cfg, SCORE_SUFFIXES, "MusicXML/ABC/Humdrum", settings_key(cfg))
 
 
-def build_scores(cfg: Any) -> Corpus:
+def build_scores(cfg: Any, workdir: Path | None = None) -> Corpus:
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok)
     root, files = list_files(cfg, SCORE_SUFFIXES, "MusicXML/ABC/Humdrum")
@@ -292,7 +292,7 @@ def bach_fingerprint(cfg: Any) -> str:
     return hashlib.sha256(f"music21 {music21.__version__}|{settings_key(cfg)}|{names}".encode()).hexdigest()
 
 
-def build_bach(cfg: Any) -> Corpus:
+def build_bach(cfg: Any, workdir: Path | None = None) -> Corpus:
     # Chorale melodies are the soprano line; polyphonic and event tokenizers take all four voices.
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok, part="soprano")
