@@ -77,8 +77,8 @@ def test_settings_that_do_not_fit_the_source(tmp_path: Path, mixed_folder: Path)
 
 
 def test_worker_processes_give_the_same_corpus(tmp_path: Path, mixed_folder: Path) -> None:
-    serial = build_midi(dataset_cfg(tmp_path, f"dataset.path={mixed_folder}"))
-    pooled = build_midi(dataset_cfg(tmp_path, f"dataset.path={mixed_folder}", "dataset.num_workers=2"))
+    serial = build_midi(dataset_cfg(tmp_path / "serial", f"dataset.path={mixed_folder}"))
+    pooled = build_midi(dataset_cfg(tmp_path / "pooled", f"dataset.path={mixed_folder}", "dataset.num_workers=2"))
     assert pooled.splits == serial.splits and pooled.stats == serial.stats
 
 

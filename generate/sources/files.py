@@ -70,8 +70,9 @@ def run_files(
                 bar.update(1)
             return results
         results = []
-        # Files are small and many: chunks keep the inter-process traffic down.
-        chunksize = max(1, min(16, len(items) // (workers * 4)))
+        # Files are small and many: chunks of up to 64 keep the inter-process traffic down (one task per
+        # file spends more time in pickling and queues than in symusic's parser).
+        chunksize = max(1, min(64, len(items) // (workers * 4)))
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for result in pool.map(work, items, chunksize=chunksize):
                 results.append(result)

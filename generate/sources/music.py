@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,11 +17,13 @@ from generate.music.midifile import MidiSkip
 from generate.music.notes import Note, Track
 from generate.music.read import midi_tracks, read_midi, read_scores, score_tracks
 from generate.sources.corpus import Corpus
+from generate.sources.filecache import cached_results, file_keys, table_folder
 from generate.sources.files import folder_fingerprint, list_files, run_files
+from generate.sources.store import TokenSplit
 from generate.tokenizers import MUSIC_TOKENIZERS, MusicTokenizer
 
 # Part of every music fingerprint: bump when extraction changes what tokens a file gives.
-EXTRACT_VERSION = 3
+EXTRACT_VERSION = 4  # 4: MIDI read with symusic (true skip reasons)
 MIDI_SUFFIXES = (".mid", ".midi")
 SCORE_SUFFIXES = (".xml", ".musicxml", ".mxl", ".abc", ".krn")
 SHUFFLE_SEED = 0  # training pieces are shuffled the same way on every machine, so caches agree
@@ -233,10 +236,24 @@ def assemble(cfg: Any, tokenizer: MusicTokenizer, results: list[FileResult], sou
           f"{stats['documents']['val']:,}/{stats['documents']['test']:,}, tokens "
           f"{stats['tokens']['train']:,}/{stats['tokens']['val']:,}/{stats['tokens']['test']:,}"
           + (" (train includes transposed copies)" if cfg.transpose.value == "augment" else ""))
-    return Corpus(tokenizer, splits, stats)
+    return Corpus(tokenizer, {s: TokenSplit.from_docs(docs) for s, docs in splits.items()}, stats)
 
 
 # ---------------------------------------------------------------- sources
+
+
+def run_folder(cfg: Any, root: Path, files: list[Path], work: Callable[[tuple[str, str]], FileResult],
+               desc: str) -> list[FileResult]:
+    """Every file's result: unchanged files (same path, size, mtime) from the per-file table, the rest tokenized."""
+    keys = file_keys(root, files)
+    items = [(key[0], str(path)) for key, path in zip(keys, files)]
+    results, fresh = cached_results(
+        table_folder(cfg, root, settings_key(cfg)), keys, items,
+        lambda todo: run_files(work, todo, cfg.num_workers, desc) if todo else [], FileResult,
+    )
+    if fresh < len(items):
+        print(f"dataset {cfg.name}: {len(items) - fresh:,} file(s) unchanged since the last run, {fresh:,} tokenized")
+    return results
 
 
 def midi_fingerprint(cfg: Any) -> str:
@@ -249,8 +266,7 @@ def build_midi(cfg: Any, workdir: Path | None = None) -> Corpus:
     if ex.transpose == "c":
         key_profiles()  # load music21's key profiles once here; forked workers inherit them
     root, files = list_files(cfg, MIDI_SUFFIXES, "MIDI")
-    items = [(p.relative_to(root).as_posix(), str(p)) for p in files]
-    results = run_files(partial(process_midi_file, tok=tok, ex=ex), items, cfg.num_workers, f"{cfg.name}: MIDI files")
+    results = run_folder(cfg, root, files, partial(process_midi_file, tok=tok, ex=ex), f"{cfg.name}: MIDI files")
     return assemble(cfg, tok, results, str(cfg.path))
 
 
@@ -262,8 +278,7 @@ def build_scores(cfg: Any, workdir: Path | None = None) -> Corpus:
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok)
     root, files = list_files(cfg, SCORE_SUFFIXES, "MusicXML/ABC/Humdrum")
-    items = [(p.relative_to(root).as_posix(), str(p)) for p in files]
-    results = run_files(partial(process_score_file, tok=tok, ex=ex), items, cfg.num_workers, f"{cfg.name}: scores")
+    results = run_folder(cfg, root, files, partial(process_score_file, tok=tok, ex=ex), f"{cfg.name}: scores")
     return assemble(cfg, tok, results, str(cfg.path))
 
 

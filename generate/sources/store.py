@@ -33,10 +33,10 @@ class TokenSplit(Sequence):
 
     @classmethod
     def from_docs(cls, docs: Sequence[Sequence[int]], dtype: Any = np.int32) -> TokenSplit:
-        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+        arrays = [np.asarray(d, dtype=dtype) for d in docs]  # numpy views (a cached file's pieces) are not copied twice
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
         offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
-        tokens = np.fromiter((t for d in docs for t in d), dtype=dtype, count=int(offsets[-1]))
-        return cls(tokens, offsets)
+        return cls(np.concatenate(arrays) if arrays else np.zeros(0, dtype), offsets)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
