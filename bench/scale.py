@@ -104,6 +104,11 @@ def child(step: str, kind: str, path: str, cache: str, ckpt: str) -> dict[str, A
         out["seconds"] = time.perf_counter() - start
         out["tokens"] = {s: corpus.splits[s].num_tokens for s in ("train", "val", "test")}
         out["documents"] = {s: len(corpus.splits[s]) for s in ("train", "val", "test")}
+    elif step.startswith("threads-"):  # the 20-step run at a given train.threads (0: torch's default)
+        summary = generate.train(kind, path=path, cache_dir=cache, checkpoints_dir=ckpt, run_name=step,
+                                 threads=int(step.split("-")[1]), max_steps=20, eval_every=1000)
+        out["seconds"] = time.perf_counter() - start
+        out["tokens_per_s"] = summary.tokens_per_s
     elif step == "train":
         evals: list[float] = []
         real = generate.trainer.evaluate_loss
@@ -170,6 +175,24 @@ def measure(entry: str, work: Path) -> dict[str, Any]:
     return row
 
 
+def measure_threads(work: Path, rounds: int = 2) -> dict[str, Any]:
+    """Training tokens/s at train.threads=1 and at torch's default (2 here), in turn, round after round."""
+    base = work / "threads"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    make_text(base / "input.txt", 1 << 20)
+    run_child("reload", "text", base / "input.txt", base / "cache", base / "ck")  # tokenize once, outside the timing
+    found: dict[str, Any] = {"load_before": os.getloadavg(), "rounds": {"1": [], "0": []}}
+    for _ in range(rounds):
+        for threads in ("1", "0"):
+            shutil.rmtree(base / "ck", ignore_errors=True)
+            found["rounds"][threads].append(run_child(f"threads-{threads}", "text", base / "input.txt", base / "cache",
+                                                      base / "ck")["tokens_per_s"])
+    found["load_after"] = os.getloadavg()
+    shutil.rmtree(base, ignore_errors=True)
+    return found
+
+
 def report(results: dict[str, Any]) -> None:
     """scale.md (tables) and scale.png (time and peak RSS against size) from everything measured so far."""
     rows = []
@@ -193,6 +216,13 @@ def report(results: dict[str, Any]) -> None:
             f" torch {info['torch']} (1 thread). Each step runs in a fresh process; peak RSS is that process's"
             " ru_maxrss (for tokenizing, the larger of the main process and its worker processes).\n",
             markdown_table(rows, columns)]
+    if "threads" in results:
+        t = results["threads"]
+        text.append(f"\n## Threads (`--threads-check`): 20 training steps, default model, 1 MiB text\n\n"
+                    f"train.threads=1: {', '.join(f'{v:,.0f}' for v in t['rounds']['1'])} tokens/s; "
+                    f"torch's default (0 → {info['cores']} threads): {', '.join(f'{v:,.0f}' for v in t['rounds']['0'])}"
+                    f" tokens/s (round by round, in turn); load average {t['load_before'][0]:.2f} → "
+                    f"{t['load_after'][0]:.2f}.")
     (RESULTS / "scale.md").write_text("\n".join(text) + "\n")
     print((RESULTS / "scale.md").read_text())
     plot(results)
@@ -239,11 +269,15 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=list(SIZES), help="entries to run (repeatable; default all)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gru-scale"), help="inputs and caches (deleted after)")
     parser.add_argument("--report", action="store_true", help="only re-render scale.md / scale.png")
+    parser.add_argument("--threads-check", action="store_true", help="only compare train.threads=1 with torch's default")
     args = parser.parse_args()
     store = RESULTS / "scale.json"
     results = json.loads(store.read_text()) if store.is_file() else {"entries": {}}
     results["machine"] = machine()
-    for entry in [] if args.report else args.only or list(SIZES):
+    if args.threads_check:
+        results["threads"] = measure_threads(args.workdir)
+        store.write_text(json.dumps(results, indent=2) + "\n")
+    for entry in [] if args.report or args.threads_check else args.only or list(SIZES):
         print(f"{entry}: load average {os.getloadavg()}", flush=True)
         results["entries"][entry] = measure(entry, args.workdir)
         RESULTS.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,7 @@ class TrainConfig:
     max_bad_steps: int = 10  # consecutive non-finite losses before training stops
     # Validation tokens scored at each evaluation: a split up to this size is scored whole, a bigger one
     # through a fixed sample of about this many tokens (the same every time); 0 = always the whole split.
-    eval_tokens: int = 262_144
+    eval_tokens: int = 131_072
     threads: int = 1  # torch CPU threads; 1 measured fastest on a shared 2-core machine (docs/performance.md); 0 = torch's default
 
 
