@@ -244,3 +244,12 @@ def test_scores_folder(tmp_path: Path) -> None:
     assert corpus.stats["files_used"] == 3 and sum(corpus.stats["skipped"].values()) == 1
     melody = corpus.tokenizer.decode(corpus.splits["val"][0])
     assert [n.pitch for n in melody.notes[:8]] == [60, 62, 64, 65, 67, 69, 71, 72]
+
+
+def test_key_profiles_are_music21s() -> None:
+    from music21.analysis.discrete import KrumhanslSchmuckler
+
+    from generate.music.extract import key_profiles
+
+    ks = KrumhanslSchmuckler()
+    assert key_profiles() == (ks.getWeights("major"), ks.getWeights("minor"))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from generate.errors import UserError
-from generate.music.extract import Extraction, key_profiles, key_shift
+from generate.music.extract import Extraction, key_shift
 from generate.music.midifile import MidiSkip
 from generate.music.notes import Note, Track
 from generate.music.read import midi_tracks, read_midi, read_scores, score_tracks
@@ -263,8 +263,6 @@ def midi_fingerprint(cfg: Any) -> str:
 def build_midi(cfg: Any, workdir: Path | None = None) -> Corpus:
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok)
-    if ex.transpose == "c":
-        key_profiles()  # load music21's key profiles once here; forked workers inherit them
     root, files = list_files(cfg, MIDI_SUFFIXES, "MIDI")
     results = run_folder(cfg, root, files, partial(process_midi_file, tok=tok, ex=ex), f"{cfg.name}: MIDI files")
     return assemble(cfg, tok, results, str(cfg.path))
