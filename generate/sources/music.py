@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -19,8 +20,8 @@ from generate.music.midifile import MidiSkip
 from generate.music.notes import Note, Track
 from generate.music.read import midi_tracks, read_midi, read_scores, score_tracks
 from generate.sources.corpus import Corpus
-from generate.sources.filecache import cached_results, file_keys, table_folder
-from generate.sources.files import folder_fingerprint, list_files, run_files
+from generate.sources.filecache import cached_results, table_folder
+from generate.sources.files import FileKey, folder_fingerprint, list_files, run_files
 from generate.sources.store import TokenSplit
 from generate.tokenizers import MUSIC_TOKENIZERS, MusicTokenizer
 
@@ -245,11 +246,11 @@ def assemble(cfg: Any, tokenizer: MusicTokenizer, results: list[FileResult], sou
 # ---------------------------------------------------------------- sources
 
 
-def run_folder(cfg: Any, root: Path, files: list[Path], work: Callable[[tuple[str, str]], FileResult],
+def run_folder(cfg: Any, root: Path, keys: list[FileKey], work: Callable[[tuple[str, str]], FileResult],
                desc: str) -> list[FileResult]:
     """Every file's result: unchanged files (same path, size, mtime) from the per-file table, the rest tokenized."""
-    keys = file_keys(root, files)
-    items = [(key[0], str(path)) for key, path in zip(keys, files)]
+    base = str(root)
+    items = [(key[0], os.path.join(base, key[0])) for key in keys]
     results, fresh = cached_results(
         table_folder(cfg, root, settings_key(cfg)), keys, items,
         lambda todo: run_files(work, todo, cfg.num_workers, desc) if todo else [], FileResult,
