@@ -50,12 +50,14 @@ def run_sample(cfg: Any) -> list[Any]:
     """
     from generate.api import Model
     from generate.music.audio import find_soundfont, program_for
+    from generate.runtime import use_threads
 
     settings = to_object(cfg, SampleConfig)
     if settings.prompt_file and settings.prompt:
         raise UserError("prompt= and prompt_file= cannot be used together; give one of them")
     prompt = read_prompt(settings.prompt_file) if settings.prompt_file else settings.prompt
     program_for(settings.instrument), find_soundfont(settings.soundfont)  # a typo fails before any generation
+    use_threads(settings.threads)
     out_dir = Path(settings.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # before any work: a path that cannot be a folder fails now
     model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
@@ -130,8 +132,10 @@ SHOWN_TOKENS = 100_000  # longer text samples are only written to their files
 def run_evaluate(cfg: Any) -> Any:
     """python -m generate.evaluate: the loss on a split of the checkpoint's own dataset."""
     from generate.api import Model
+    from generate.runtime import use_threads
 
     settings = to_object(cfg, EvaluateConfig)
+    use_threads(settings.threads)
     model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
     print(f"checkpoint: {model.path} ({model.origin})")
     split = settings.split.value

@@ -161,6 +161,10 @@ class TrainConfig:
     max_bad_steps: int = 10  # consecutive non-finite losses before training stops
     save_every_minutes: float = 5.0  # also save last.pt this often (0 = only at evaluations), so a crash loses little
     dist_timeout_minutes: float = 5.0  # torchrun: a rank silent this long in a collective ends the job, one line
+    # A split up to eval_tokens is scored whole, a bigger one through a fixed sample of about this many
+    # tokens (the same every time).
+    eval_tokens: int = 131_072  # validation tokens per evaluation (0 = always the whole split)
+    threads: int = 1  # torch CPU threads; 1 measured fastest on a shared 2-core machine (docs/performance.md); 0 = torch's default
 
     def __post_init__(self) -> None:
         check(vars(self), TRAIN, "train.")
@@ -206,6 +210,7 @@ class SampleConfig(SamplingConfig):
     quiet: bool = False  # do not print text samples to stdout
     instrument: str = ""  # music: a General MIDI program 0..127 or name (flute, violin, ...); "": piano
     soundfont: str | None = None  # music: the .sf2/.sf3 for .wav files; None: a system one, else sine waves
+    threads: int = 1  # torch CPU threads (0 = torch's default); see train.threads
 
 
 @dataclass
@@ -217,6 +222,7 @@ class EvaluateConfig:
     device: Device = Device.auto  # auto, cpu or cuda
     dataset_path: str | None = None  # read the dataset from here instead (a checkpoint from another machine)
     cache_dir: str | None = None  # where the dataset's token cache goes (default: ./cache, or $GENERATE_HOME/cache)
+    threads: int = 1  # torch CPU threads (0 = torch's default); see train.threads
 
     def __post_init__(self) -> None:
         check(vars(self), EVALUATE)

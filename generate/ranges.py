@@ -74,6 +74,8 @@ TRAIN = {
     "max_bad_steps": Between(1, BIG),
     "dist_timeout_minutes": Between(0.0, 1440.0, low_open=True),
     "save_every_minutes": Between(0.0, 10**6, note="(0 = only at evaluations)"),
+    "eval_tokens": Between(0, BIG, note="(0 = the whole split)"),
+    "threads": Between(0, 1024, note="(0 = torch's default)"),
 }
 SAMPLING = {
     "temperature": Between(0.0, 100.0, note=f"(0 = greedy, else at least {MIN_TEMPERATURE})"),
@@ -84,8 +86,9 @@ SAMPLING = {
     "seed": Between(0, 2**63 - 1),
     "beam_size": Between(1, 256),
     "qpm": Between(0.0, 1000.0, low_open=True, note="(quarter notes per minute)"),
+    "threads": Between(0, 1024, note="(0 = torch's default)"),
 }
-EVALUATE = {"batch_size": Between(1, 65536), "seq_len": Between(1, 10**6)}
+EVALUATE = {"batch_size": Between(1, 65536), "seq_len": Between(1, 10**6), "threads": Between(0, 1024)}
 
 
 def range_problems(values: Mapping[str, Any], ranges: Mapping[str, Between], prefix: str = "") -> list[str]:

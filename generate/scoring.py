@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from generate.data import eval_batches, split_for_eval
 from generate.errors import UserError
 from generate.tokenizers import Tokenizer
+
+BAR_TOKENS = 1 << 20  # a split this big takes long enough on a CPU to deserve a progress bar
 
 
 @dataclass
@@ -42,12 +45,16 @@ def evaluate_loss(
     seq_len: int,
     device: torch.device,
     autocast: Any = None,
+    progress: str = "",
 ) -> EvalResult:
-    """Sum the cross-entropy over every token of `docs` (each from a fresh hidden state)."""
+    """Sum the cross-entropy over every token of `docs` (each from a fresh hidden state); a bar when `progress` names one."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
+    scored_total = sum(len(d) for d in docs) - (len(docs) if separator is None else 0)  # the first token is context
+    bar = tqdm(total=scored_total, desc=progress, unit="tok", unit_scale=True, disable=not progress,
+               dynamic_ncols=True)
     for windows in eval_batches(docs, batch_size, seq_len, separator):
         hidden = None
         for inputs, targets, mask, _ in windows:
@@ -58,7 +65,10 @@ def evaluate_loss(
                 logits.float().flatten(0, 1), targets.flatten(), reduction="none"
             )
             total += (losses * mask.flatten()).sum(dtype=torch.float64)
-            count += int(mask.sum())
+            scored = int(mask.sum())
+            count += scored
+            bar.update(scored)
+    bar.close()
     model.train(was_training)
     return EvalResult(float(total), count)
 
@@ -71,7 +81,9 @@ def score_documents(
     chunks = split_for_eval(docs, batch_size)
     if not chunks:
         raise UserError("there is nothing to score: the split is empty")
-    result = evaluate_loss(model, chunks, tokenizer.separator_id(), batch_size, seq_len, torch.device(device))
+    total = sum(len(c) for c in chunks)
+    result = evaluate_loss(model, chunks, tokenizer.separator_id(), batch_size, seq_len, torch.device(device),
+                           progress="scoring" if total >= BAR_TOKENS else "")
     count_steps = getattr(tokenizer, "count_time_steps", None)  # only tokenizers with time steps have it
     if count_steps is not None:
         result.time_steps = sum(count_steps(doc) for doc in docs)

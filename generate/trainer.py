@@ -35,7 +35,7 @@ from generate.model import GRULanguageModel, ModelSpec
 from generate.optim import apply_settings, lr_at, make_optimizer, rng_state, set_rng_state
 from generate.ranges import check_plain_name
 from generate.run_folder import RunLock, remove_if_unused
-from generate.runtime import resolve_device
+from generate.runtime import resolve_device, use_threads
 from generate.scoring import EvalResult, evaluate_loss
 from generate.storage import atomic_save
 from generate.training_log import trim_metrics, write_loss_plot
@@ -107,13 +107,15 @@ class Trainer:
 
     def setup_data(self) -> None:
         d, cfg = self.d, self.cfg
+        use_threads(cfg.threads)
         corpus = main_first(d, lambda: load_corpus(self.run.dataset, verbose=d.is_main))  # rank 0 fills the cache
         self.tokenizer = corpus.tokenizer
         self.separator = self.tokenizer.separator_id()
         self.stream = training_stream(
             corpus.splits["train"], self.separator, cfg.batch_size, cfg.seq_len, cfg.seed, d.rank, d.world_size
         )
-        val_docs = split_for_eval(corpus.splits["val"], cfg.eval_batch_size)
+        # A bounded, fixed sample of the validation split (train.eval_tokens), so each evaluation takes seconds.
+        val_docs = split_for_eval(corpus.splits["val"], cfg.eval_batch_size, cfg.eval_tokens)
         if not val_docs:
             raise UserError(f"the validation split of {self.run.dataset.name} is empty; use a larger dataset")
         self.val_shard = val_docs[d.rank :: d.world_size]  # each rank scores its share; the sums are all-reduced

@@ -61,7 +61,7 @@ def test_nanogpt_style_generate_on_the_bare_model() -> None:
 
 def test_train_tokenize_and_load_a_tiny_model(small_text: Path, tmp_path: Path) -> None:
     corpus = generate.tokenize("text", path=str(small_text), cache_dir=str(tmp_path / "cache"))
-    assert corpus.tokenizer.kind == "char" and corpus.splits["train"][0]
+    assert corpus.tokenizer.kind == "char" and len(corpus.splits["train"][0])
     run = generate.train(
         "text", path=str(small_text), cache_dir=str(tmp_path / "cache"), recipe="smoke", hidden_size=32,
         embedding_size=16, max_steps=20, checkpoints_dir=str(tmp_path / "runs"), run_name="tiny",

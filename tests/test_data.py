@@ -38,7 +38,7 @@ def test_split_is_train_test_val_with_val_last() -> None:
 def test_cache_is_reused_and_rebuilt_when_source_or_settings_change(small_text: Path, tmp_path: Path, monkeypatch) -> None:
     builds = []
     original = sources.SOURCES["text"]
-    monkeypatch.setitem(sources.SOURCES, "text", (original[0], lambda cfg: builds.append(1) or original[1](cfg)))
+    monkeypatch.setitem(sources.SOURCES, "text", (original[0], lambda cfg, workdir: builds.append(1) or original[1](cfg, workdir)))
     cache = tmp_path / "cache"
 
     first = load_corpus(text_dataset_cfg(small_text, cache))
@@ -52,18 +52,20 @@ def test_cache_is_reused_and_rebuilt_when_source_or_settings_change(small_text: 
     small_text.write_text(small_text.read_text() + "more text\n")
     changed = load_corpus(text_dataset_cfg(small_text, cache))
     assert len(builds) == 3, "changing the source must rebuild"
-    assert sum(map(len, changed.splits["train"] + changed.splits["val"] + changed.splits["test"])) > sum(
-        map(len, first.splits["train"] + first.splits["val"] + first.splits["test"])
+    assert sum(split.num_tokens for split in changed.splits.values()) > sum(
+        split.num_tokens for split in first.splits.values()
     )
 
 
 def test_damaged_cache_is_rebuilt(small_text: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    load_corpus(text_dataset_cfg(small_text, cache))
-    (cache_file,) = cache.glob("*.pt")
-    cache_file.write_bytes(b"garbage")
+    first = load_corpus(text_dataset_cfg(small_text, cache))
+    expected = {name: list(split[0]) for name, split in first.splits.items()}
+    del first  # its arrays map the files damaged below
+    (store,) = cache.iterdir()
+    (store / "val.tokens.npy").write_bytes(b"garbage")
     corpus = load_corpus(text_dataset_cfg(small_text, cache))
-    assert corpus.splits["train"][0]
+    assert {name: list(split[0]) for name, split in corpus.splits.items()} == expected
 
 
 def test_rows_continue_from_batch_to_batch() -> None:

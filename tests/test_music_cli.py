@@ -69,7 +69,7 @@ def midi_run(tmp_path_factory) -> tuple[Path, str]:
 
 def test_midi_folder_trains_despite_bad_files(midi_run: tuple[Path, str]) -> None:
     root, out = midi_run
-    assert "6 used, 5 skipped (2 not readable as MIDI (corrupt or truncated)" in out
+    assert "6 used, 5 skipped (" in out and "not a MIDI file (no MThd header)" in out and "truncated MIDI file" in out
     assert "drum tracks only" in out and "empty file (0 bytes)" in out
     assert (root / "checkpoints" / "midi" / "best.pt").is_file()
 

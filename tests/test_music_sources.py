@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def test_bad_files_are_skipped_and_counted(tmp_path: Path, mixed_folder: Path, c
     corpus = build_midi(dataset_cfg(tmp_path, f"dataset.path={mixed_folder}"))
     assert corpus.stats["files"] == 11 and corpus.stats["files_used"] == 6
     assert corpus.stats["skipped"] == {
-        "not readable as MIDI (corrupt or truncated)": 2,  # corrupt.mid and sub/truncated.MID (found recursively, any case)
+        # corrupt.mid (text) and sub/truncated.MID (found recursively, any case), each with its true reason
+        "not a MIDI file (no MThd header)": 1,
+        "truncated MIDI file (ends inside its header or a chunk)": 1,
         "no notes": 1,
         "drum tracks only": 1,
         "empty file (0 bytes)": 1,
@@ -45,7 +48,7 @@ def test_bad_files_are_skipped_and_counted(tmp_path: Path, mixed_folder: Path, c
     assert corpus.stats["counts"]["drum tracks skipped"] == 7  # 6 songs + the drum-only file
     assert all(corpus.splits[s] for s in ("train", "val", "test"))
     out = capsys.readouterr().out
-    assert "6 used, 5 skipped (2 not readable as MIDI" in out and "pieces kept" in out
+    assert "6 used, 5 skipped (1 not a MIDI file" in out and "pieces kept" in out
 
 
 @pytest.mark.parametrize("tokenizer", ["polyphonic", "events"])
@@ -74,8 +77,8 @@ def test_settings_that_do_not_fit_the_source(tmp_path: Path, mixed_folder: Path)
 
 
 def test_worker_processes_give_the_same_corpus(tmp_path: Path, mixed_folder: Path) -> None:
-    serial = build_midi(dataset_cfg(tmp_path, f"dataset.path={mixed_folder}"))
-    pooled = build_midi(dataset_cfg(tmp_path, f"dataset.path={mixed_folder}", "dataset.num_workers=2"))
+    serial = build_midi(dataset_cfg(tmp_path / "serial", f"dataset.path={mixed_folder}"))
+    pooled = build_midi(dataset_cfg(tmp_path / "pooled", f"dataset.path={mixed_folder}", "dataset.num_workers=2"))
     assert pooled.splits == serial.splits and pooled.stats == serial.stats
 
 
@@ -196,13 +199,20 @@ def test_long_midi_at_music21_resolution_is_read(tmp_path: Path) -> None:
     result = process_midi_file(("long.mid", str(tmp_path / "long.mid")), tok, tok.extraction(min_melody_steps=8))
     assert result.reason is None
     assert [n.pitch for n in tok.decode(result.docs[0][0]).notes] == [60 + i % 5 for i in range(20)]
-    # A file past the limit even at 480 ticks per quarter is still refused, and counted.
+    # A note past pretty_midi's limit even at 480 ticks per quarter is read now; alone it is too short to keep.
     pm = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=120)
     lead.notes = [pretty_midi.Note(80, 60, 11_000_000 / 480 * 0.5, 11_000_001 / 480 * 0.5)]
     pm.instruments = [lead]
     pm.write(str(tmp_path / "huge.mid"))
     result = process_midi_file(("huge.mid", str(tmp_path / "huge.mid")), tok, tok.extraction())
-    assert result.reason == "not readable as MIDI (corrupt or truncated)"
+    assert result.reason == "nothing at least 16 steps long"
+    # Times past 32-bit ticks (nine maximal deltas) wrap in the parser: counted as corrupt, not misread.
+    wait = bytes([0xFF, 0xFF, 0xFF, 0x7F, 0xFF, 0x01, 0x00])  # delta 0x0FFFFFFF, an empty text event
+    body = wait * 9 + bytes([0x00, 0x90, 60, 90, 0x60, 0x80, 60, 0, 0x00, 0xFF, 0x2F, 0x00])
+    data = b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(body)) + body
+    (tmp_path / "wrapped.mid").write_bytes(data)
+    result = process_midi_file(("wrapped.mid", str(tmp_path / "wrapped.mid")), tok, tok.extraction())
+    assert result.reason == "corrupt MIDI file (has a header, but its data does not parse)"
 
 
 def test_benchmark_jsb_split_and_steps(tmp_path: Path) -> None:
@@ -234,3 +244,12 @@ def test_scores_folder(tmp_path: Path) -> None:
     assert corpus.stats["files_used"] == 3 and sum(corpus.stats["skipped"].values()) == 1
     melody = corpus.tokenizer.decode(corpus.splits["val"][0])
     assert [n.pitch for n in melody.notes[:8]] == [60, 62, 64, 65, 67, 69, 71, 72]
+
+
+def test_key_profiles_are_music21s() -> None:
+    from music21.analysis.discrete import KrumhanslSchmuckler
+
+    from generate.music.extract import key_profiles
+
+    ks = KrumhanslSchmuckler()
+    assert key_profiles() == (ks.getWeights("major"), ks.getWeights("minor"))

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,14 +115,21 @@ def test_every_checkpoint_reader_refuses_code(small_text: Path, tmp_path: Path, 
 def test_token_cache_is_loaded_as_data_and_a_planted_one_is_rebuilt(small_text: Path, tmp_path: Path, capsys) -> None:
     cfg = compose_config("config", ["dataset=text", f"dataset.path={small_text}", f"dataset.cache_dir={tmp_path / 'cache'}"])
     first = load_corpus(cfg.dataset)
-    [cache] = (tmp_path / "cache").glob("*.pt")
+    expected = {name: list(split[0]) for name, split in first.splits.items()}
+    del first  # its arrays map the files replaced below
+    [store] = (tmp_path / "cache").iterdir()
     marker = tmp_path / "marker"
-    write_evil_checkpoint(cache, marker)
+    # The cache is .npy arrays and JSON: an array that runs code when unpickled is refused, never run.
+    payload = np.empty(1, dtype=object)
+    payload[0] = Payload(marker)
+    np.save(store / "train.tokens.npy", payload, allow_pickle=True)
+    (store / "meta.json").write_text((store / "meta.json").read_text())
     capsys.readouterr()
     again = load_corpus(cfg.dataset)
     assert not marker.exists()
-    assert "unreadable" in capsys.readouterr().out and again.splits == first.splits
-    assert torch.load(cache, weights_only=True)["tokenizer"] == first.tokenizer.to_dict()  # rewritten as data
+    assert "damaged" in capsys.readouterr().out
+    assert {name: list(split[0]) for name, split in again.splits.items()} == expected
+    assert np.load(store / "train.tokens.npy", mmap_mode="r").dtype == np.uint16  # rewritten as plain ids
 
 
 @pytest.fixture
@@ -229,7 +237,7 @@ def test_a_failed_save_during_training_keeps_the_last_good_checkpoint(
     def fail_on_the_third_file(obj, f, *args, **kwargs) -> None:
         calls.append(1)
         real_save(obj, f, *args, **kwargs)
-        if len(calls) == 4:  # the token cache, step 10 (best.pt, last.pt), then step 20's first file
+        if len(calls) == 3:  # step 10 (best.pt, last.pt), then step 20's first file (the token cache is .npy)
             f.truncate(100)
             raise OSError(errno.ENOSPC, "No space left on device")
 

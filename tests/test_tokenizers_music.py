@@ -40,6 +40,7 @@ def chorale_path() -> str:
 
 def assert_round_trip(tokenizer, ids: list[int]) -> None:
     """encode(decode(ids)) == ids for ids that came from encode (well-formed)."""
+    ids = [int(i) for i in ids]  # a file's pieces come as int32 arrays
     assert ids, "nothing was tokenized"
     piece = tokenizer.decode(ids)
     assert piece.notes

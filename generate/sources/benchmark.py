@@ -44,7 +44,7 @@ def read_benchmark(path: Path) -> dict[str, list[list[list[int]]]]:
         ) from None
 
 
-def build(cfg: Any) -> Corpus:
+def build(cfg: Any, workdir: Path | None = None) -> Corpus:
     tokenizer = make_tokenizer(cfg)
     if not isinstance(tokenizer, PolyphonicTokenizer):
         raise UserError(f"dataset={cfg.name} is a piano roll: use dataset.tokenizer=polyphonic")

@@ -12,8 +12,8 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Corpus:
-    """A tokenizer and, per split, a list of documents (each a list of token ids)."""
+    """A tokenizer and, per split, its documents: a TokenSplit (flat, memory-mapped) or, from a build, token lists."""
 
     tokenizer: Tokenizer
-    splits: dict[str, list[list[int]]]
+    splits: dict[str, Any]
     stats: dict[str, Any] = field(default_factory=dict)  # per-stage counts shown to the user

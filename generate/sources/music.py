@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from generate.errors import UserError
-from generate.music.extract import Extraction, key_profiles, key_shift
+from generate.music.extract import Extraction, key_shift
+from generate.music.midifile import MidiSkip
 from generate.music.notes import Note, Track
 from generate.music.read import midi_tracks, read_midi, read_scores, score_tracks
 from generate.sources.corpus import Corpus
-from generate.sources.files import folder_fingerprint, list_files, run_files
+from generate.sources.filecache import cached_results, table_folder
+from generate.sources.files import FileKey, folder_fingerprint, list_files, run_files
+from generate.sources.store import TokenSplit
 from generate.tokenizers import MUSIC_TOKENIZERS, MusicTokenizer
 
 # Part of every music fingerprint: bump when extraction changes what tokens a file gives.
-EXTRACT_VERSION = 3
+EXTRACT_VERSION = 4  # 4: MIDI read with symusic (true skip reasons)
 MIDI_SUFFIXES = (".mid", ".midi")
 SCORE_SUFFIXES = (".xml", ".musicxml", ".mxl", ".abc", ".krn")
 SHUFFLE_SEED = 0  # training pieces are shuffled the same way on every machine, so caches agree
@@ -63,7 +70,7 @@ class FileResult:
 
     name: str
     reason: str | None = None
-    docs: list[dict[int, list[int]]] = field(default_factory=list)
+    docs: list[dict[int, np.ndarray]] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
 
 
@@ -98,7 +105,8 @@ def tokenize_tracks(name: str, tracks: list[Track], tok: MusicTokenizer, ex: Ext
             moved = piece.transposed(k) if k else piece
             span = moved.pitch_range()
             if span is None or (tok.in_range(span[0]) and tok.in_range(span[1])):
-                docs[k] = tok.encode(moved)
+                # int32 arrays, not lists: 4 bytes a token in the pool's pickles and the parent's memory, not ~36.
+                docs[k] = np.asarray(tok.encode(moved), dtype=np.int32)
             else:
                 result.counts["transposed copies out of range skipped"] += 1
         result.docs.append(docs)
@@ -112,13 +120,11 @@ def process_midi_file(item: tuple[str, str], tok: MusicTokenizer, ex: Extraction
     """(name, path) → FileResult; never raises, so one bad file in thousands is only counted (worker entry)."""
     name, path = item
     try:
-        if Path(path).stat().st_size == 0:
-            return FileResult(name, "empty file (0 bytes)")
         try:
-            pm = read_midi(Path(path))
-        except Exception:
-            return FileResult(name, "not readable as MIDI (corrupt or truncated)")
-        return tokenize_tracks(name, midi_tracks(pm, tok.unit), tok, ex)
+            content = read_midi(Path(path))
+        except MidiSkip as skip:  # the true reason: empty, not MIDI, truncated, corrupt, SMPTE timing, no tracks
+            return FileResult(name, skip.reason.value)
+        return tokenize_tracks(name, midi_tracks(content, tok.unit), tok, ex)
     except Exception as err:  # anything else odd about one file must not stop a whole folder
         return FileResult(name, f"failed ({type(err).__name__})")
 
@@ -234,24 +240,35 @@ def assemble(cfg: Any, tokenizer: MusicTokenizer, results: list[FileResult], sou
           f"{stats['documents']['val']:,}/{stats['documents']['test']:,}, tokens "
           f"{stats['tokens']['train']:,}/{stats['tokens']['val']:,}/{stats['tokens']['test']:,}"
           + (" (train includes transposed copies)" if cfg.transpose.value == "augment" else ""))
-    return Corpus(tokenizer, splits, stats)
+    return Corpus(tokenizer, {s: TokenSplit.from_docs(docs) for s, docs in splits.items()}, stats)
 
 
 # ---------------------------------------------------------------- sources
+
+
+def run_folder(cfg: Any, root: Path, keys: list[FileKey], work: Callable[[tuple[str, str]], FileResult],
+               desc: str) -> list[FileResult]:
+    """Every file's result: unchanged files (same path, size, mtime) from the per-file table, the rest tokenized."""
+    base = str(root)
+    items = [(key[0], os.path.join(base, key[0])) for key in keys]
+    results, fresh = cached_results(
+        table_folder(cfg, root, settings_key(cfg)), keys, items,
+        lambda todo: run_files(work, todo, cfg.num_workers, desc) if todo else [], FileResult,
+    )
+    if fresh < len(items):
+        print(f"dataset {cfg.name}: {len(items) - fresh:,} file(s) unchanged since the last run, {fresh:,} tokenized")
+    return results
 
 
 def midi_fingerprint(cfg: Any) -> str:
     return folder_fingerprint(cfg, MIDI_SUFFIXES, "MIDI", settings_key(cfg))
 
 
-def build_midi(cfg: Any) -> Corpus:
+def build_midi(cfg: Any, workdir: Path | None = None) -> Corpus:
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok)
-    if ex.transpose == "c":
-        key_profiles()  # load music21's key profiles once here; forked workers inherit them
     root, files = list_files(cfg, MIDI_SUFFIXES, "MIDI")
-    items = [(p.relative_to(root).as_posix(), str(p)) for p in files]
-    results = run_files(partial(process_midi_file, tok=tok, ex=ex), items, cfg.num_workers, f"{cfg.name}: MIDI files")
+    results = run_folder(cfg, root, files, partial(process_midi_file, tok=tok, ex=ex), f"{cfg.name}: MIDI files")
     return assemble(cfg, tok, results, str(cfg.path))
 
 
@@ -259,12 +276,11 @@ def scores_fingerprint(cfg: Any) -> str:
     return folder_fingerprint(cfg, SCORE_SUFFIXES, "MusicXML/ABC/Humdrum", settings_key(cfg))
 
 
-def build_scores(cfg: Any) -> Corpus:
+def build_scores(cfg: Any, workdir: Path | None = None) -> Corpus:
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok)
     root, files = list_files(cfg, SCORE_SUFFIXES, "MusicXML/ABC/Humdrum")
-    items = [(p.relative_to(root).as_posix(), str(p)) for p in files]
-    results = run_files(partial(process_score_file, tok=tok, ex=ex), items, cfg.num_workers, f"{cfg.name}: scores")
+    results = run_folder(cfg, root, files, partial(process_score_file, tok=tok, ex=ex), f"{cfg.name}: scores")
     return assemble(cfg, tok, results, str(cfg.path))
 
 
@@ -293,7 +309,7 @@ def bach_fingerprint(cfg: Any) -> str:
     return hashlib.sha256(f"music21 {music21.__version__}|{settings_key(cfg)}|{names}".encode()).hexdigest()
 
 
-def build_bach(cfg: Any) -> Corpus:
+def build_bach(cfg: Any, workdir: Path | None = None) -> Corpus:
     # Chorale melodies are the soprano line; polyphonic and event tokenizers take all four voices.
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok, part="soprano")

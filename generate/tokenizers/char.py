@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
+
 from generate.errors import UserError
 from generate.tokenizers.base import Tokenizer
+
+MAX_CODE_POINT = 0x10FFFF
 
 
 class CharTokenizer(Tokenizer):
@@ -18,6 +22,7 @@ class CharTokenizer(Tokenizer):
         if not self.chars:
             raise ValueError("a character tokenizer needs at least one character")
         self.index = {ch: i for i, ch in enumerate(self.chars)}
+        self._lookup: np.ndarray | None = None  # code point → id (-1: unseen), built on first vectorised use
 
     @classmethod
     def fit(cls, text: str) -> CharTokenizer:
@@ -26,6 +31,26 @@ class CharTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return len(self.chars)
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> CharTokenizer:
+        """The vocabulary from per-code-point counts (what a streaming pass over a big file gathers)."""
+        return cls(map(chr, np.flatnonzero(counts).tolist()))
+
+    @staticmethod
+    def code_points(text: str) -> np.ndarray:
+        """A string's code points as uint32, without a Python loop over its characters."""
+        return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """`text` → int32 ids in one vectorised lookup (the same ids as encode)."""
+        if self._lookup is None:
+            self._lookup = np.full(MAX_CODE_POINT + 1, -1, dtype=np.int32)
+            self._lookup[[ord(ch) for ch in self.chars]] = np.arange(len(self.chars), dtype=np.int32)
+        ids = self._lookup[self.code_points(text)]
+        if len(ids) and ids.min() < 0:
+            self.encode(text)  # raises the one-line error naming the unseen characters
+        return ids
 
     def encode(self, item: str) -> list[int]:
         try:
