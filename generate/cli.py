@@ -309,9 +309,9 @@ def report_errors(task: Callable[[Any], Any], cfg: Any) -> Any:
         sys.stderr.flush()
         sys.exit(2)
     except KeyboardInterrupt as err:  # Ctrl-C (SIGINT) or, during training, SIGTERM
-        signum = getattr(err, "signum", 2)
-        print("interrupted", file=sys.stderr)
-        sys.exit(128 + signum)
+        if not getattr(err, "explained", False):  # else the trainer has already said where its work is
+            print("interrupted", file=sys.stderr)
+        sys.exit(128 + getattr(err, "signum", 2))
 
 
 HYDRA_FLAGS = {"--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i", "--hydra-help", "--multirun", "-m",

@@ -8,6 +8,6 @@ class UserError(Exception):
 class Interrupted(KeyboardInterrupt):
     """Training was stopped by a signal (Ctrl-C, SIGTERM) after saving; the CLI exits 128 + signum."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, explained: bool = False):
         super().__init__(signum)
-        self.signum = signum
+        self.signum, self.explained = signum, explained  # explained: the trainer said where its work is

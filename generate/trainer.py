@@ -241,10 +241,8 @@ class Trainer:
             self.save(None)
         self.schedule_timed_save()
         if signum:
-            if self.d.is_main:
-                print(f"stopped at step {self.step}; saved {self.last_path.resolve()}\n"
-                      f"resume with: {self.resume_hint}", flush=True)
-            raise Interrupted(signum)
+            self.say(f"stopped at step {self.step}; saved {self.last_path.resolve()}\nresume with: {self.resume_hint}")
+            raise Interrupted(signum, explained=True)
 
     def announce(self) -> None:
         if self.d.is_main:
