@@ -84,7 +84,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tiny_train(root / "trained", text)
     cfg = compose_config("config", base)
     COMMANDS["train"](cfg)
-    return {"root": root, "text": text, "checkpoint": root / "trained" / "ckpt" / "text" / "last.pt"}
+    # train=smoke names the run after the file (text.txt) with -smoke
+    return {"root": root, "text": text, "checkpoint": root / "trained" / "ckpt" / "text-smoke" / "last.pt"}
 
 
 def tiny_train(folder: Path, text: Path) -> list[str]:
