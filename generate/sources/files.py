@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -59,13 +59,25 @@ def list_files(cfg: Any, suffixes: tuple[str, ...], what: str) -> tuple[Path, li
     return root, keys[: cfg.max_files] if cfg.max_files > 0 else keys
 
 
+# The listing the last fingerprint made, for the build that follows it: a 100,000-file folder is walked and
+# stat-ed once per load, not twice, and the build tokenizes exactly the files the fingerprint named.
+_LISTED: dict[tuple[str, tuple[str, ...], int], tuple[Path, list[FileKey]]] = {}
+
+
 def folder_fingerprint(cfg: Any, suffixes: tuple[str, ...], what: str, settings: str) -> str:
     """Hash of (relative path, size, mtime) of every file plus the settings: a changed file re-tokenizes."""
-    _, keys = list_files(cfg, suffixes, what)
+    listed = list_files(cfg, suffixes, what)
+    _LISTED.clear()
+    _LISTED[(str(cfg.path), suffixes, cfg.max_files)] = listed
     digest = hashlib.sha256(settings.encode())
-    for name, size, mtime in keys:
+    for name, size, mtime in listed[1]:
         digest.update(f"{name}|{size}|{mtime}\n".encode())
     return digest.hexdigest()
+
+
+def listed_files(cfg: Any, suffixes: tuple[str, ...], what: str) -> tuple[Path, list[FileKey]]:
+    """The listing the fingerprint just made (taken once), else a fresh one."""
+    return _LISTED.pop((str(cfg.path), suffixes, cfg.max_files), None) or list_files(cfg, suffixes, what)
 
 
 def worker_count(setting: int, jobs: int) -> int:
@@ -80,24 +92,28 @@ def run_files(
     work: Callable[[tuple[str, str]], R], items: list[tuple[str, str]], num_workers: int, desc: str
 ) -> list[R]:
     """Apply `work` to every (name, path), in worker processes when there are several, with a bar."""
+    return list(iter_files(work, items, num_workers, desc))
+
+
+def iter_files(
+    work: Callable[[tuple[str, str]], R], items: list[tuple[str, str]], num_workers: int, desc: str
+) -> Iterator[R]:
+    """`work` of every (name, path), yielded in order as they are done (so callers can store and drop each)."""
     workers = worker_count(num_workers, len(items))
     bar = tqdm(total=len(items), desc=desc, unit="file", dynamic_ncols=True)
     try:
         if workers == 1:
-            results = []
             for item in items:
-                results.append(work(item))
+                yield work(item)
                 bar.update(1)
-            return results
-        results = []
+            return
         # Files are small and many: chunks of up to 64 keep the inter-process traffic down (one task per
         # file spends more time in pickling and queues than in symusic's parser).
         chunksize = max(1, min(64, len(items) // (workers * 4)))
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for result in pool.map(work, items, chunksize=chunksize):
-                results.append(result)
+                yield result
                 bar.update(1)
-        return results
     except BrokenProcessPool:
         raise UserError(
             f"a worker process died while reading files for {desc}; run again with dataset.num_workers=1 "
