@@ -185,13 +185,14 @@ def update_table(folder: Path, keys: list[FileKey], dtype: np.dtype,
     table (in `keys` order, mapped from its folder) and how many files were tokenized.
     """
     old = load_table(folder, dtype)
-    where = {name: i for i, name in enumerate(old.names)} if old else {}
-    found = np.array([where.get(name, -1) for name, _, _ in keys], dtype=np.int64)
-    if old is not None and len(keys):
-        known = found >= 0
-        stats = np.array([key[1:] for key in keys], dtype=np.int64)
-        known[known] &= np.all(old.files[found[known]][:, [SIZE, MTIME]] == stats[known], axis=1)
-        found[~known] = -1
+    found = np.full(len(keys), -1, dtype=np.int64)
+    if old is not None:
+        where = {name: i for i, name in enumerate(old.names)}
+        sizes, mtimes = old.files[:, SIZE].tolist(), old.files[:, MTIME].tolist()
+        for at, (name, size, mtime) in enumerate(keys):
+            i = where.get(name, -1)
+            if i >= 0 and sizes[i] == size and mtimes[i] == mtime:
+                found[at] = i
     todo = np.flatnonzero(found < 0)
     if old is not None and not len(todo) and np.array_equal(found, np.arange(len(old))):
         return old, 0  # nothing changed: nothing to write

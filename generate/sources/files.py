@@ -36,20 +36,7 @@ def list_files(cfg: Any, suffixes: tuple[str, ...], what: str) -> tuple[Path, li
             found.append(([root.name], (root.name, stat.st_size, stat.st_mtime_ns)))
         root = root.parent
     else:
-        for folder, _, names in os.walk(root):
-            prefix = os.path.relpath(folder, root).replace(os.sep, "/")
-            for name in names:
-                dot = name.rfind(".")
-                if dot <= 0 or name[dot:].lower() not in suffixes:  # (a bare ".mid" is hidden, as splitext says)
-                    continue
-                try:
-                    stat = os.stat(os.path.join(folder, name))  # follows links, as reading the file will
-                except OSError:  # a dangling link: nothing to read
-                    continue
-                if not S_ISREG(stat.st_mode):
-                    continue
-                rel = name if prefix == "." else f"{prefix}/{name}"
-                found.append((rel.split("/"), (rel, stat.st_size, stat.st_mtime_ns)))
+        found = walk(str(root), "", suffixes)
     if not found:
         raise UserError(
             f"no {what} files ({', '.join(suffixes)}) under {cfg.path}; point dataset.path at a folder that has some"
@@ -57,6 +44,37 @@ def list_files(cfg: Any, suffixes: tuple[str, ...], what: str) -> tuple[Path, li
     found.sort(key=lambda item: item[0])  # path order, part by part (as sorting Paths does)
     keys = [key for _, key in found]
     return root, keys[: cfg.max_files] if cfg.max_files > 0 else keys
+
+
+def walk(folder: str, prefix: str, suffixes: tuple[str, ...]) -> list[tuple[list[str], FileKey]]:
+    """(path parts, key) of the matching regular files under `folder`, as os.walk finds them (links to folders
+    not followed, unreadable folders passed over), with DirEntry.stat: no path joining in Python per file."""
+    found: list[tuple[list[str], FileKey]] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return found
+    for entry in entries:
+        name = entry.name
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            continue
+        if is_dir:
+            if not entry.is_symlink():
+                found += walk(entry.path, f"{prefix}{name}/", suffixes)
+            continue
+        dot = name.rfind(".")
+        if dot <= 0 or name[dot:].lower() not in suffixes:  # (a bare ".mid" is hidden, as splitext says)
+            continue
+        try:
+            stat = entry.stat()  # follows links, as reading the file will
+        except OSError:  # a dangling link: nothing to read
+            continue
+        if S_ISREG(stat.st_mode):
+            rel = prefix + name
+            found.append((rel.split("/"), (rel, stat.st_size, stat.st_mtime_ns)))
+    return found
 
 
 # The listing the last fingerprint made, for the build that follows it: a 100,000-file folder is walked and
