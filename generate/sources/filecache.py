@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ from generate.sources.store import META, publish
 TABLE_FORMAT = 2  # 2: flat arrays and token segments (1 kept every file's tokens in one JSON-described array)
 SIZE, MTIME, REASON, PIECES, FIRST_DOC, DOCS = range(6)  # the columns of files.npy (REASON -1: the file gave music)
 SEGMENT, START, LENGTH, PIECE, SHIFT = range(5)  # the columns of docs.npy
-GATHER_TOKENS = 1 << 21  # tokens copied at a time when documents are gathered (bounded memory)
+GATHER_TOKENS = 1 << 20  # tokens copied at a time when documents are gathered (bounded memory)
 MAX_SEGMENTS = 16  # past this many segments, or half the tokens no longer used, the table is rewritten whole
 
 
@@ -88,6 +89,8 @@ class FileTable:
             stop = max(at + 1, int(np.searchsorted(ends, before + budget, side="right")))
             part = rows[at:stop]
             at = stop
+            for segment in self.segments:  # the pages read for the last chunk leave this process (not the page cache)
+                release(segment)
             if len(part) == 1:  # one long document: a plain slice
                 yield self.segments[part[0, SEGMENT]][part[0, START] : part[0, START] + part[0, LENGTH]]
                 continue
@@ -105,6 +108,16 @@ class FileTable:
                 chosen = owner == segment
                 out[chosen] = self.segments[segment][source[chosen]]
             yield out
+
+
+def release(tokens: np.ndarray) -> None:
+    """Drop a mapped segment's pages from this process's resident set; they stay in the page cache.
+
+    Gathering reads every token of the table once: without this, peak RSS would grow by the table's size.
+    """
+    mapped = getattr(tokens.base, "_mmap", None)  # map_segment's array is a view of an np.memmap
+    if mapped is not None and hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
