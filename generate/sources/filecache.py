@@ -91,23 +91,9 @@ class FileTable:
             at = stop
             for segment in self.segments:  # the pages read for the last chunk leave this process (not the page cache)
                 release(segment)
-            if len(part) == 1:  # one long document: a plain slice
-                yield self.segments[part[0, SEGMENT]][part[0, START] : part[0, START] + part[0, LENGTH]]
-                continue
-            lengths = part[:, LENGTH]
-            # Position of every token in its segment: the document's start plus the token's place in it.
-            place = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            source = np.repeat(part[:, START], lengths) + place
-            kinds = np.unique(part[:, SEGMENT])
-            if len(kinds) == 1:
-                yield self.segments[kinds[0]][source]
-                continue
-            out = np.empty(len(source), dtype=self.segments[0].dtype)
-            owner = np.repeat(part[:, SEGMENT], lengths)
-            for segment in kinds.tolist():
-                chosen = owner == segment
-                out[chosen] = self.segments[segment][source[chosen]]
-            yield out
+            # A slice per document, joined: ~3x faster than one fancy index built with np.repeat for ~200-token pieces.
+            segments = self.segments
+            yield np.concatenate([segments[g][i : i + n] for g, i, n in part[:, [SEGMENT, START, LENGTH]].tolist()])
 
 
 def release(tokens: np.ndarray) -> None:
