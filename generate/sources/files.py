@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from itertools import islice
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any, TypeVar
@@ -16,6 +18,7 @@ from tqdm import tqdm
 from generate.errors import UserError
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 FileKey = tuple[str, int, int]  # (path relative to the folder, size in bytes, modification time in ns)
@@ -29,29 +32,27 @@ def list_files(cfg: Any, suffixes: tuple[str, ...], what: str) -> tuple[Path, li
     root = Path(cfg.path)
     if not root.exists():
         raise UserError(f"dataset.path={root} does not exist; give a folder of {what} files")
-    found: list[tuple[list[str], FileKey]] = []
+    keys: list[FileKey] = []
     if root.is_file():
         stat = root.stat()
         if root.suffix.lower() in suffixes:
-            found.append(([root.name], (root.name, stat.st_size, stat.st_mtime_ns)))
+            keys.append((root.name, stat.st_size, stat.st_mtime_ns))
         root = root.parent
     else:
-        found = walk(str(root), "", suffixes)
-    if not found:
+        walk(str(root), "", suffixes, keys)
+    if not keys:
         raise UserError(
             f"no {what} files ({', '.join(suffixes)}) under {cfg.path}; point dataset.path at a folder that has some"
         )
-    found.sort(key=lambda item: item[0])  # path order, part by part (as sorting Paths does)
-    keys = [key for _, key in found]
     return root, keys[: cfg.max_files] if cfg.max_files > 0 else keys
 
 
-def walk(folder: str, prefix: str, suffixes: tuple[str, ...]) -> list[tuple[list[str], FileKey]]:
-    """(path parts, key) of the matching regular files under `folder`, as os.walk finds them (links to folders
-    not followed, unreadable folders passed over), with DirEntry.stat: no path joining in Python per file."""
-    found: list[tuple[list[str], FileKey]] = []
+def walk(folder: str, prefix: str, suffixes: tuple[str, ...], found: list[FileKey]) -> list[FileKey]:
+    """Add the keys of the matching regular files under `folder`, as os.walk finds them (links to folders not
+    followed, unreadable folders passed over), in path order: each folder's entries sorted by name, a subfolder's
+    files where its name sorts (as sorting Paths part by part does). DirEntry.stat: no path joins per file."""
     try:
-        entries = list(os.scandir(folder))
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError:
         return found
     for entry in entries:
@@ -62,7 +63,7 @@ def walk(folder: str, prefix: str, suffixes: tuple[str, ...]) -> list[tuple[list
             continue
         if is_dir:
             if not entry.is_symlink():
-                found += walk(entry.path, f"{prefix}{name}/", suffixes)
+                walk(entry.path, f"{prefix}{name}/", suffixes, found)
             continue
         dot = name.rfind(".")
         if dot <= 0 or name[dot:].lower() not in suffixes:  # (a bare ".mid" is hidden, as splitext says)
@@ -72,8 +73,7 @@ def walk(folder: str, prefix: str, suffixes: tuple[str, ...]) -> list[tuple[list
         except OSError:  # a dangling link: nothing to read
             continue
         if S_ISREG(stat.st_mode):
-            rel = prefix + name
-            found.append((rel.split("/"), (rel, stat.st_size, stat.st_mtime_ns)))
+            found.append((prefix + name, stat.st_size, stat.st_mtime_ns))
     return found
 
 
@@ -110,15 +110,16 @@ def run_files(
     work: Callable[[tuple[str, str]], R], items: list[tuple[str, str]], num_workers: int, desc: str
 ) -> list[R]:
     """Apply `work` to every (name, path), in worker processes when there are several, with a bar."""
-    return list(iter_files(work, items, num_workers, desc))
+    return list(iter_files(work, items, len(items), num_workers, desc))
 
 
 def iter_files(
-    work: Callable[[tuple[str, str]], R], items: list[tuple[str, str]], num_workers: int, desc: str
+    work: Callable[[tuple[str, str]], R], items: Iterable[tuple[str, str]], count: int, num_workers: int, desc: str
 ) -> Iterator[R]:
-    """`work` of every (name, path), yielded in order as they are done (so callers can store and drop each)."""
-    workers = worker_count(num_workers, len(items))
-    bar = tqdm(total=len(items), desc=desc, unit="file", dynamic_ncols=True)
+    """`work` of each of the `count` (name, path) items, yielded in order as they are done (callers store and drop
+    each). Chunks of files go to the workers a few at a time, so neither the items nor the results pile up."""
+    workers = worker_count(num_workers, count)
+    bar = tqdm(total=count, desc=desc, unit="file", dynamic_ncols=True)
     try:
         if workers == 1:
             for item in items:
@@ -127,11 +128,16 @@ def iter_files(
             return
         # Files are small and many: chunks of up to 64 keep the inter-process traffic down (one task per
         # file spends more time in pickling and queues than in symusic's parser).
-        chunksize = max(1, min(64, len(items) // (workers * 4)))
+        chunks = batches(items, max(1, min(64, count // (workers * 4))))
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(work, items, chunksize=chunksize):
-                yield result
-                bar.update(1)
+            pending = deque(pool.submit(work_chunk, work, chunk) for chunk in islice(chunks, workers * 4))
+            while pending:
+                done = pending.popleft().result()
+                for chunk in islice(chunks, 1):
+                    pending.append(pool.submit(work_chunk, work, chunk))
+                for result in done:
+                    yield result
+                    bar.update(1)
     except BrokenProcessPool:
         raise UserError(
             f"a worker process died while reading files for {desc}; run again with dataset.num_workers=1 "
@@ -139,3 +145,14 @@ def iter_files(
         ) from None
     finally:
         bar.close()
+
+
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def work_chunk(work: Callable[[T], R], chunk: list[T]) -> list[R]:
+    """Worker entry: one chunk of items."""
+    return [work(item) for item in chunk]

@@ -302,7 +302,8 @@ def run_folder(cfg: Any, suffixes: tuple[str, ...], what: str, tok: MusicTokeniz
     base = str(root)
 
     def tokenize(todo: list[int]) -> Iterator[FileResult]:
-        return iter_files(work, [(keys[i][0], os.path.join(base, keys[i][0])) for i in todo], cfg.num_workers, desc)
+        items = ((keys[i][0], os.path.join(base, keys[i][0])) for i in todo)
+        return iter_files(work, items, len(todo), cfg.num_workers, desc)
 
     table, fresh = update_table(table_folder(cfg, root, settings_key(cfg)), keys,
                                 token_dtype(tok.vocab_size), tokenize)
@@ -366,7 +367,8 @@ def build_bach(cfg: Any, workdir: Path | None = None) -> Corpus:
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok, part="soprano")
     items = bach_chorales(cfg.max_files)
-    results = iter_files(partial(process_score_file, tok=tok, ex=ex), items, cfg.num_workers, f"{cfg.name}: chorales")
+    results = iter_files(partial(process_score_file, tok=tok, ex=ex), items, len(items), cfg.num_workers,
+                         f"{cfg.name}: chorales")
     with tempfile.TemporaryDirectory() as folder:  # a table of this run only: the chorales never change
         table = build_table(Path(folder), token_dtype(tok.vocab_size), zip(((n, 0, 0) for n, _ in items), results))
         return assemble(cfg, tok, table, "music21's Bach chorales", workdir)
