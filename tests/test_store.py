@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from generate import sources
 from generate.data import DocumentStream, TokenStream, load_corpus, split_for_eval
 from generate.errors import UserError
-from generate.sources import text
+from generate.sources import filecache, text
 from generate.sources.store import DamagedStore, TokenSplit, load_store, save_store, token_dtype
 from generate.tokenizers import CharTokenizer
 from tests.conftest import compose_config
@@ -210,14 +211,68 @@ def test_adding_and_deleting_files_retokenizes_only_those(tmp_path: Path, monkey
     assert grown.stats == fresh.stats
 
 
-def test_a_damaged_file_table_means_tokenizing_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["segment cut short", "meta.json missing", "docs.npy junk"])
+def test_a_damaged_file_table_means_tokenizing_again(tmp_path: Path, damage: str, capsys) -> None:
     folder = tmp_path / "music"
     write_songs(folder, 4)
     cache = tmp_path / "cache"
     first = load_corpus(dataset("midi", folder, cache))
     (table,) = cache.glob("midi-files-*")
-    (table / "tokens.npy").write_bytes(b"junk")
+    if damage == "segment cut short":
+        (segment,) = table.glob("segment-*.bin")
+        segment.write_bytes(segment.read_bytes()[:-2])
+    elif damage == "meta.json missing":
+        (table / "meta.json").unlink()
+    else:
+        (table / "docs.npy").write_bytes(b"junk")
     for store in cache.glob("midi-v*"):  # force a rebuild of the split store
         (store / "meta.json").unlink()
+    capsys.readouterr()
     again = load_corpus(dataset("midi", folder, cache))
-    assert again.splits["train"] == first.splits["train"]
+    assert "unchanged since the last run" not in capsys.readouterr().out  # every file tokenized again
+    for name in ("train", "val", "test"):
+        assert again.splits[name] == first.splits[name]
+
+
+def test_many_updates_share_segments_then_compact(tmp_path: Path, monkeypatch) -> None:
+    """Each update adds one segment and links the old ones; past MAX_SEGMENTS (or mostly dead tokens) one is left."""
+    folder, cache = tmp_path / "music", tmp_path / "cache"
+    write_songs(folder, 3)
+    monkeypatch.setattr(filecache, "MAX_SEGMENTS", 3)
+    for round_ in range(1, 6):
+        load_corpus(dataset("midi", folder, cache))
+        (table,) = cache.glob("midi-files-*")
+        segments = sorted(table.glob("segment-*.bin"))
+        assert len(segments) == (round_ if round_ <= 3 else round_ - 3)  # 4th update: 4 > 3 segments, rewritten as 1
+        assert all(s.stat().st_nlink == 1 for s in segments)  # the old table's folder is gone, its links with it
+        write_songs(folder, 1, start_seed=10 * round_)
+    for gone in sorted(folder.glob("*.mid"))[:-3]:  # 5 of 8 files deleted: most tokens in the segments are dead
+        gone.unlink()
+    monkeypatch.setattr(filecache, "GATHER_TOKENS", 1)  # (the slack allowed before a rewrite)
+    grown = load_corpus(dataset("midi", folder, cache))
+    assert len(list(table.glob("segment-*.bin"))) == 1
+    fresh = load_corpus(dataset("midi", folder, tmp_path / "fresh"))
+    for name in ("train", "val", "test"):
+        assert grown.splits[name] == fresh.splits[name]
+    assert grown.stats == fresh.stats
+
+
+def test_gathering_documents_across_segments_in_small_chunks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 500, size=n).astype(np.uint16) for n in (5, 0, 17, 3, 40, 1, 9)]
+    table = None
+    for part, at in enumerate((0, 3, 5)):  # three segments, built as three updates would
+        folder = tmp_path / str(part)
+        folder.mkdir()
+        chunk = docs[at : {0: 3, 3: 5, 5: 7}[at]]
+        result = SimpleNamespace(reason=None, docs=[{0: d} for d in chunk], counts={"pieces kept": len(chunk)})
+        built = filecache.build_table(folder, np.dtype(np.uint16), [((f"f{part}", 1, 1), result)])
+        table = built if table is None else table.concat(built)
+    order = np.array([6, 0, 4, 1, 2, 5, 3])
+    for budget in (1, 7, 1 << 20):
+        got = np.concatenate([np.asarray(c) for c in table.gather(order, budget)])
+        assert np.array_equal(got, np.concatenate([docs[i] for i in order]))
+    picked = table.take(np.array([2, 0]))
+    assert picked.names == ["f2", "f0"] and picked.counts.sum() == 5
+    assert np.array_equal(np.concatenate(list(picked.gather(np.arange(len(picked.docs))))),
+                          np.concatenate(docs[5:] + docs[:3]))

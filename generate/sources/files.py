@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from itertools import islice
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any, TypeVar
@@ -16,6 +18,7 @@ from tqdm import tqdm
 from generate.errors import UserError
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 FileKey = tuple[str, int, int]  # (path relative to the folder, size in bytes, modification time in ns)
@@ -29,43 +32,70 @@ def list_files(cfg: Any, suffixes: tuple[str, ...], what: str) -> tuple[Path, li
     root = Path(cfg.path)
     if not root.exists():
         raise UserError(f"dataset.path={root} does not exist; give a folder of {what} files")
-    found: list[tuple[list[str], FileKey]] = []
+    keys: list[FileKey] = []
     if root.is_file():
         stat = root.stat()
         if root.suffix.lower() in suffixes:
-            found.append(([root.name], (root.name, stat.st_size, stat.st_mtime_ns)))
+            keys.append((root.name, stat.st_size, stat.st_mtime_ns))
         root = root.parent
     else:
-        for folder, _, names in os.walk(root):
-            prefix = os.path.relpath(folder, root).replace(os.sep, "/")
-            for name in names:
-                dot = name.rfind(".")
-                if dot <= 0 or name[dot:].lower() not in suffixes:  # (a bare ".mid" is hidden, as splitext says)
-                    continue
-                try:
-                    stat = os.stat(os.path.join(folder, name))  # follows links, as reading the file will
-                except OSError:  # a dangling link: nothing to read
-                    continue
-                if not S_ISREG(stat.st_mode):
-                    continue
-                rel = name if prefix == "." else f"{prefix}/{name}"
-                found.append((rel.split("/"), (rel, stat.st_size, stat.st_mtime_ns)))
-    if not found:
+        walk(str(root), "", suffixes, keys)
+    if not keys:
         raise UserError(
             f"no {what} files ({', '.join(suffixes)}) under {cfg.path}; point dataset.path at a folder that has some"
         )
-    found.sort(key=lambda item: item[0])  # path order, part by part (as sorting Paths does)
-    keys = [key for _, key in found]
     return root, keys[: cfg.max_files] if cfg.max_files > 0 else keys
+
+
+def walk(folder: str, prefix: str, suffixes: tuple[str, ...], found: list[FileKey]) -> list[FileKey]:
+    """Add the keys of the matching regular files under `folder`, as os.walk finds them (links to folders not
+    followed, unreadable folders passed over), in path order: each folder's entries sorted by name, a subfolder's
+    files where its name sorts (as sorting Paths part by part does). DirEntry.stat: no path joins per file."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:
+        return found
+    for entry in entries:
+        name = entry.name
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            continue
+        if is_dir:
+            if not entry.is_symlink():
+                walk(entry.path, f"{prefix}{name}/", suffixes, found)
+            continue
+        dot = name.rfind(".")
+        if dot <= 0 or name[dot:].lower() not in suffixes:  # (a bare ".mid" is hidden, as splitext says)
+            continue
+        try:
+            stat = entry.stat()  # follows links, as reading the file will
+        except OSError:  # a dangling link: nothing to read
+            continue
+        if S_ISREG(stat.st_mode):
+            found.append((prefix + name, stat.st_size, stat.st_mtime_ns))
+    return found
+
+
+# The listing the last fingerprint made, for the build that follows it: a 100,000-file folder is walked and
+# stat-ed once per load, not twice, and the build tokenizes exactly the files the fingerprint named.
+_LISTED: dict[tuple[str, tuple[str, ...], int], tuple[Path, list[FileKey]]] = {}
 
 
 def folder_fingerprint(cfg: Any, suffixes: tuple[str, ...], what: str, settings: str) -> str:
     """Hash of (relative path, size, mtime) of every file plus the settings: a changed file re-tokenizes."""
-    _, keys = list_files(cfg, suffixes, what)
+    listed = list_files(cfg, suffixes, what)
+    _LISTED.clear()
+    _LISTED[(str(cfg.path), suffixes, cfg.max_files)] = listed
     digest = hashlib.sha256(settings.encode())
-    for name, size, mtime in keys:
+    for name, size, mtime in listed[1]:
         digest.update(f"{name}|{size}|{mtime}\n".encode())
     return digest.hexdigest()
+
+
+def listed_files(cfg: Any, suffixes: tuple[str, ...], what: str) -> tuple[Path, list[FileKey]]:
+    """The listing the fingerprint just made (taken once), else a fresh one."""
+    return _LISTED.pop((str(cfg.path), suffixes, cfg.max_files), None) or list_files(cfg, suffixes, what)
 
 
 def worker_count(setting: int, jobs: int) -> int:
@@ -80,24 +110,34 @@ def run_files(
     work: Callable[[tuple[str, str]], R], items: list[tuple[str, str]], num_workers: int, desc: str
 ) -> list[R]:
     """Apply `work` to every (name, path), in worker processes when there are several, with a bar."""
-    workers = worker_count(num_workers, len(items))
-    bar = tqdm(total=len(items), desc=desc, unit="file", dynamic_ncols=True)
+    return list(iter_files(work, items, len(items), num_workers, desc))
+
+
+def iter_files(
+    work: Callable[[tuple[str, str]], R], items: Iterable[tuple[str, str]], count: int, num_workers: int, desc: str
+) -> Iterator[R]:
+    """`work` of each of the `count` (name, path) items, yielded in order as they are done (callers store and drop
+    each). Chunks of files go to the workers a few at a time, so neither the items nor the results pile up."""
+    workers = worker_count(num_workers, count)
+    bar = tqdm(total=count, desc=desc, unit="file", dynamic_ncols=True)
     try:
         if workers == 1:
-            results = []
             for item in items:
-                results.append(work(item))
+                yield work(item)
                 bar.update(1)
-            return results
-        results = []
+            return
         # Files are small and many: chunks of up to 64 keep the inter-process traffic down (one task per
         # file spends more time in pickling and queues than in symusic's parser).
-        chunksize = max(1, min(64, len(items) // (workers * 4)))
+        chunks = batches(items, max(1, min(64, count // (workers * 4))))
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(work, items, chunksize=chunksize):
-                results.append(result)
-                bar.update(1)
-        return results
+            pending = deque(pool.submit(work_chunk, work, chunk) for chunk in islice(chunks, workers * 4))
+            while pending:
+                done = pending.popleft().result()
+                for chunk in islice(chunks, 1):
+                    pending.append(pool.submit(work_chunk, work, chunk))
+                for result in done:
+                    yield result
+                    bar.update(1)
     except BrokenProcessPool:
         raise UserError(
             f"a worker process died while reading files for {desc}; run again with dataset.num_workers=1 "
@@ -105,3 +145,14 @@ def run_files(
         ) from None
     finally:
         bar.close()
+
+
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def work_chunk(work: Callable[[T], R], chunk: list[T]) -> list[R]:
+    """Worker entry: one chunk of items."""
+    return [work(item) for item in chunk]

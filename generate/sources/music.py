@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,10 +20,20 @@ from generate.music.extract import Extraction, key_shift
 from generate.music.midifile import MidiSkip
 from generate.music.notes import Note, Track
 from generate.music.read import midi_tracks, read_midi, read_scores, score_tracks
-from generate.sources.corpus import Corpus
-from generate.sources.filecache import cached_results, table_folder
-from generate.sources.files import FileKey, folder_fingerprint, list_files, run_files
-from generate.sources.store import TokenSplit
+from generate.sources.corpus import SPLITS, Corpus
+from generate.sources.filecache import (
+    LENGTH,
+    PIECE,
+    PIECES,
+    REASON,
+    SHIFT,
+    FileTable,
+    build_table,
+    table_folder,
+    update_table,
+)
+from generate.sources.files import folder_fingerprint, iter_files, listed_files
+from generate.sources.store import TokenSplit, npy_writer, token_dtype
 from generate.tokenizers import MUSIC_TOKENIZERS, MusicTokenizer
 
 # Part of every music fingerprint: bump when extraction changes what tokens a file gives.
@@ -157,8 +168,13 @@ def process_score_file(item: tuple[str, str], tok: MusicTokenizer, ex: Extractio
 
 def split_units(units: list[str], val_fraction: float, test_fraction: float) -> dict[str, str]:
     """Unit name → split. The order is a hash of the name, so adding files moves few others."""
-    order = sorted(units, key=lambda u: hashlib.sha1(u.encode()).hexdigest())
-    n = len(order)
+    codes = split_codes(units, val_fraction, test_fraction)
+    return {unit: SPLITS[code] for unit, code in zip(units, codes.tolist())}
+
+
+def split_codes(units: list[str], val_fraction: float, test_fraction: float) -> np.ndarray:
+    """Per unit its split as an index of SPLITS (train, val, test): the first units in hash order are val, then test."""
+    n = len(units)
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     if n - n_val - n_test < 1:
@@ -166,10 +182,13 @@ def split_units(units: list[str], val_fraction: float, test_fraction: float) -> 
             f"only {n} piece(s) of music to split into train/val/test; add files, or lower "
             "dataset.min_melody_steps so fewer fragments are dropped"
         )
-    splits = {}
-    for i, unit in enumerate(order):
-        splits[unit] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
-    return splits
+    # Raw SHA-1 digests sort as their hex digests do; 20 bytes a unit, not a dict of strings.
+    digests = np.array([hashlib.sha1(u.encode()).digest() for u in units], dtype="S20")
+    order = np.argsort(digests, kind="stable")
+    codes = np.zeros(n, dtype=np.int64)
+    codes[order[:n_val]] = 1
+    codes[order[n_val : n_val + n_test]] = 2
+    return codes
 
 
 def shuffle_training_pieces(docs: list[list[int]]) -> None:
@@ -192,72 +211,105 @@ def _stage_order(name: str) -> int:
     return max((i for i, prefix in enumerate(STAGES) if name.startswith(prefix)), default=len(STAGES))
 
 
-def assemble(cfg: Any, tokenizer: MusicTokenizer, results: list[FileResult], source: str) -> Corpus:
-    """Per-file results → a corpus split by file (by piece when fewer than 3 files are usable), with counts."""
-    usable = [r for r in results if r.docs]
-    skipped = Counter(r.reason for r in results if not r.docs)
-    reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.most_common())
-    if not usable:
+def assemble(cfg: Any, tokenizer: MusicTokenizer, table: FileTable, source: str, workdir: Path | None) -> Corpus:
+    """A file table → a corpus split by file (by piece when fewer than 3 files are usable), with counts.
+
+    Only a few numbers per file and per document are in memory; each split's tokens are gathered from the
+    table's segments chunk by chunk, into workdir's store files when there is a workdir (else into memory).
+    """
+    files, docs = table.files, table.docs
+    usable = np.flatnonzero(files[:, PIECES] > 0)
+    reasons = Counter({table.reasons[r]: int(n) for r, n in enumerate(np.bincount(
+        files[files[:, PIECES] == 0, REASON], minlength=len(table.reasons)).tolist()) if n})
+    skipped = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+    if not len(usable):
         raise UserError(
-            f"none of the {len(results)} file(s) from {source} gave music to train on ({reasons}); "
+            f"none of the {len(table)} file(s) from {source} gave music to train on ({skipped}); "
             "check the files play in a MIDI player, or lower dataset.min_melody_steps"
         )
     # Split whole files, so a song never sits in both train and test; pieces when there are too few files.
+    doc_file = table.doc_file()
     if len(usable) >= 3:
-        units = {r.name: [(r.name, i) for i in range(len(r.docs))] for r in usable}
+        codes = split_codes([table.names[i] for i in usable.tolist()], cfg.val_fraction, cfg.test_fraction)
+        unit_of_file = np.full(len(table), -1, dtype=np.int64)
+        unit_of_file[usable] = np.arange(len(usable))
+        doc_unit = unit_of_file[doc_file]
     else:
-        units = {f"{r.name}#{i}": [(r.name, i)] for r in usable for i in range(len(r.docs))}
-    assignment = split_units(list(units), cfg.val_fraction, cfg.test_fraction)
-    by_name = {r.name: r for r in usable}
-    splits: dict[str, list[list[int]]] = {"train": [], "val": [], "test": []}
-    for unit, members in units.items():
-        split = assignment[unit]
-        for name, i in members:
-            docs = by_name[name].docs[i]
-            # Transposed copies are training data only; val and test stay as written.
-            splits[split].extend(docs.values() if split == "train" else [docs[0]])
-    shuffle_training_pieces(splits["train"])
+        first_unit = np.cumsum(files[:, PIECES]) - files[:, PIECES]
+        units = [f"{table.names[i]}#{k}" for i in usable.tolist() for k in range(int(files[i, PIECES]))]
+        codes = split_codes(units, cfg.val_fraction, cfg.test_fraction)
+        doc_unit = first_unit[doc_file] + docs[:, PIECE]
+    doc_split = codes[doc_unit]
+    # Transposed copies are training data only; val and test stay as written.
+    chosen = {"train": np.flatnonzero(doc_split == 0), "val": np.flatnonzero((doc_split == 1) & (docs[:, SHIFT] == 0)),
+              "test": np.flatnonzero((doc_split == 2) & (docs[:, SHIFT] == 0))}
+    order = list(range(len(chosen["train"])))
+    shuffle_training_pieces(order)
+    chosen["train"] = chosen["train"][np.array(order, dtype=np.int64)]
+    splits = {s: gather_split(table, rows, token_dtype(tokenizer.vocab_size), workdir, s) for s, rows in chosen.items()}
 
-    counts: Counter = Counter()
-    for r in results:
-        counts += r.counts
+    total = table.counts.sum(axis=0)
+    counts = {name: int(v) for name, v in zip(table.count_names, total.tolist()) if v > 0}
     stats = {
         "source": source,
-        "files": len(results),
+        "files": len(table),
         "files_used": len(usable),
-        "skipped": dict(skipped),
-        "counts": dict(counts),
+        "skipped": dict(reasons),
+        "counts": counts,
         "documents": {s: len(d) for s, d in splits.items()},
-        "tokens": {s: sum(map(len, d)) for s, d in splits.items()},
+        "tokens": {s: d.num_tokens for s, d in splits.items()},
         "vocab_size": tokenizer.vocab_size,
     }
-    print(f"dataset {cfg.name}: {len(results)} file(s) read from {source}, {len(usable)} used, "
-          f"{len(results) - len(usable)} skipped" + (f" ({reasons})" if reasons else ""))
-    stage = ", ".join(f"{v:,} {k}" for k, v in sorted(counts.items(), key=lambda kv: _stage_order(kv[0])))
+    report(cfg, stats, skipped)
+    return Corpus(tokenizer, splits, stats)
+
+
+def gather_split(table: FileTable, rows: np.ndarray, dtype: np.dtype, workdir: Path | None, name: str) -> TokenSplit:
+    """The documents at `rows` of the table as one split: a store file in workdir (mapped), or an array."""
+    lengths = table.docs[rows, LENGTH]
+    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    if workdir is None or not offsets[-1]:
+        chunks = [np.asarray(c, dtype=dtype) for c in table.gather(rows)]
+        return TokenSplit(np.concatenate(chunks) if chunks else np.zeros(0, dtype), offsets)
+    path = workdir / f"{name}.tokens.npy"  # the store's own file: save_store finds it written and keeps it
+    with npy_writer(path, dtype, int(offsets[-1])) as handle:
+        for chunk in table.gather(rows):
+            handle.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+    return TokenSplit(np.load(path, mmap_mode="r"), offsets)
+
+
+def report(cfg: Any, stats: dict[str, Any], skipped: str) -> None:
+    """What the dataset summary says: files read, used and skipped, per-stage counts, documents and tokens."""
+    files, used = stats["files"], stats["files_used"]
+    print(f"dataset {cfg.name}: {files} file(s) read from {stats['source']}, {used} used, "
+          f"{files - used} skipped" + (f" ({skipped})" if skipped else ""))
+    stage = ", ".join(f"{v:,} {k}" for k, v in sorted(stats["counts"].items(), key=lambda kv: _stage_order(kv[0])))
     if stage:
         print(f"dataset {cfg.name}: {stage}")
-    print(f"dataset {cfg.name}: documents train/val/test {stats['documents']['train']:,}/"
-          f"{stats['documents']['val']:,}/{stats['documents']['test']:,}, tokens "
-          f"{stats['tokens']['train']:,}/{stats['tokens']['val']:,}/{stats['tokens']['test']:,}"
+    docs, tokens = stats["documents"], stats["tokens"]
+    print(f"dataset {cfg.name}: documents train/val/test {docs['train']:,}/{docs['val']:,}/{docs['test']:,}, tokens "
+          f"{tokens['train']:,}/{tokens['val']:,}/{tokens['test']:,}"
           + (" (train includes transposed copies)" if cfg.transpose.value == "augment" else ""))
-    return Corpus(tokenizer, {s: TokenSplit.from_docs(docs) for s, docs in splits.items()}, stats)
 
 
 # ---------------------------------------------------------------- sources
 
 
-def run_folder(cfg: Any, root: Path, keys: list[FileKey], work: Callable[[tuple[str, str]], FileResult],
-               desc: str) -> list[FileResult]:
+def run_folder(cfg: Any, suffixes: tuple[str, ...], what: str, tok: MusicTokenizer,
+               work: Callable[[tuple[str, str]], FileResult], desc: str) -> FileTable:
     """Every file's result: unchanged files (same path, size, mtime) from the per-file table, the rest tokenized."""
+    root, keys = listed_files(cfg, suffixes, what)
     base = str(root)
-    items = [(key[0], os.path.join(base, key[0])) for key in keys]
-    results, fresh = cached_results(
-        table_folder(cfg, root, settings_key(cfg)), keys, items,
-        lambda todo: run_files(work, todo, cfg.num_workers, desc) if todo else [], FileResult,
-    )
-    if fresh < len(items):
-        print(f"dataset {cfg.name}: {len(items) - fresh:,} file(s) unchanged since the last run, {fresh:,} tokenized")
-    return results
+
+    def tokenize(todo: list[int]) -> Iterator[FileResult]:
+        items = ((keys[i][0], os.path.join(base, keys[i][0])) for i in todo)
+        return iter_files(work, items, len(todo), cfg.num_workers, desc)
+
+    table, fresh = update_table(table_folder(cfg, root, settings_key(cfg)), keys,
+                                token_dtype(tok.vocab_size), tokenize)
+    if fresh < len(keys):
+        print(f"dataset {cfg.name}: {len(keys) - fresh:,} file(s) unchanged since the last run, {fresh:,} tokenized")
+    return table
 
 
 def midi_fingerprint(cfg: Any) -> str:
@@ -265,11 +317,12 @@ def midi_fingerprint(cfg: Any) -> str:
 
 
 def build_midi(cfg: Any, workdir: Path | None = None) -> Corpus:
+    import symusic  # noqa: F401  (imported once here, so forked workers do not each import it)
+
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok)
-    root, files = list_files(cfg, MIDI_SUFFIXES, "MIDI")
-    results = run_folder(cfg, root, files, partial(process_midi_file, tok=tok, ex=ex), f"{cfg.name}: MIDI files")
-    return assemble(cfg, tok, results, str(cfg.path))
+    table = run_folder(cfg, MIDI_SUFFIXES, "MIDI", tok, partial(process_midi_file, tok=tok, ex=ex), f"{cfg.name}: MIDI files")
+    return assemble(cfg, tok, table, str(cfg.path), workdir)
 
 
 def scores_fingerprint(cfg: Any) -> str:
@@ -279,9 +332,9 @@ def scores_fingerprint(cfg: Any) -> str:
 def build_scores(cfg: Any, workdir: Path | None = None) -> Corpus:
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok)
-    root, files = list_files(cfg, SCORE_SUFFIXES, "MusicXML/ABC/Humdrum")
-    results = run_folder(cfg, root, files, partial(process_score_file, tok=tok, ex=ex), f"{cfg.name}: scores")
-    return assemble(cfg, tok, results, str(cfg.path))
+    table = run_folder(cfg, SCORE_SUFFIXES, "MusicXML/ABC/Humdrum", tok, partial(process_score_file, tok=tok, ex=ex),
+                       f"{cfg.name}: scores")
+    return assemble(cfg, tok, table, str(cfg.path), workdir)
 
 
 def bach_chorales(max_files: int) -> list[tuple[str, str]]:
@@ -314,5 +367,8 @@ def build_bach(cfg: Any, workdir: Path | None = None) -> Corpus:
     tok = make_tokenizer(cfg)
     ex = make_extraction(cfg, tok, part="soprano")
     items = bach_chorales(cfg.max_files)
-    results = run_files(partial(process_score_file, tok=tok, ex=ex), items, cfg.num_workers, f"{cfg.name}: chorales")
-    return assemble(cfg, tok, results, "music21's Bach chorales")
+    results = iter_files(partial(process_score_file, tok=tok, ex=ex), items, len(items), cfg.num_workers,
+                         f"{cfg.name}: chorales")
+    with tempfile.TemporaryDirectory() as folder:  # a table of this run only: the chorales never change
+        table = build_table(Path(folder), token_dtype(tok.vocab_size), zip(((n, 0, 0) for n, _ in items), results))
+        return assemble(cfg, tok, table, "music21's Bach chorales", workdir)
