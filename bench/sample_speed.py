@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import command_line, interleave, measure_peak, median, parse_args, sync, write_results
+from common import clock, command_line, interleave, measure_peak, median, parse_args, sync, write_results
 
 from generate.decoding import generate_tokens
 from generate.model import GRULanguageModel, ModelSpec
@@ -30,14 +29,14 @@ def plain_step_loop(model: GRULanguageModel, batch: int, length: int, device: to
         token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         hidden = None
         sync(device)
-        start = time.perf_counter()
+        start = clock(device)()
         for _ in range(length):
             logits, hidden = model(token, hidden)  # (N, 1, V)
             probs = torch.softmax(logits[:, -1] / 1.0, dim=-1)
             token = torch.multinomial(probs, 1, generator=generator)  # (N, 1)
         sync(device)
         model.fused = True
-        return (time.perf_counter() - start) / length
+        return (clock(device)() - start) / length
 
     return run
 
@@ -51,14 +50,14 @@ def window_rerun(model: GRULanguageModel, batch: int, length: int, device: torch
         generator = torch.Generator(device=device).manual_seed(0)
         history = torch.randint(VOCAB, (batch, WINDOW), device=device)  # a full window from the start
         sync(device)
-        start = time.perf_counter()
+        start = clock(device)()
         for _ in range(length):
             logits, _ = model(history[:, -WINDOW:])  # (N, 100, V): the whole window, every token
             probs = torch.softmax(logits[:, -1], dim=-1)
             history = torch.cat([history, torch.multinomial(probs, 1, generator=generator)], dim=1)
         sync(device)
         model.fused = True
-        return (time.perf_counter() - start) / length
+        return (clock(device)() - start) / length
 
     return run
 
@@ -68,10 +67,10 @@ def ours(model: GRULanguageModel, batch: int, length: int, device: torch.device,
 
     def run() -> float:
         sync(device)
-        start = time.perf_counter()
+        start = clock(device)()
         generate_tokens(model, [0], length, num_samples=batch, temperature=temperature, seed=1, device=device)
         sync(device)
-        return (time.perf_counter() - start) / length
+        return (clock(device)() - start) / length
 
     return run
 
@@ -100,12 +99,12 @@ def products_only(model: GRULanguageModel, batch: int, length: int, device: torc
                 products.append((bias[2 * stepper.hidden_size :], h[layer], w_b, stepper.gh_n))
         products.append((stepper.head_b, h[-1], stepper.head_w_t, stepper.logits))
         sync(device)
-        start = time.perf_counter()
+        start = clock(device)()
         for _ in range(length):
             for bias, left, weight_t, out in products:
                 torch.addmm(bias, left, weight_t, out=out)
         sync(device)
-        return (time.perf_counter() - start) / length
+        return (clock(device)() - start) / length
 
     return run
 
@@ -119,13 +118,13 @@ def forward_no_grad(model: GRULanguageModel, batch: int, steps: int, path: str, 
         model.fused = path == "fused"
         model.FUSED_MIN_STEPS_NO_GRAD = 0  # take the asked-for path whatever the length
         sync(device)
-        start = time.perf_counter()
+        start = clock(device)()
         for _ in range(max(1, 64 // steps)):
             model(tokens)
         sync(device)
         model.fused = True
         del model.FUSED_MIN_STEPS_NO_GRAD  # back to the class's threshold
-        return (time.perf_counter() - start) / max(1, 64 // steps)
+        return (clock(device)() - start) / max(1, 64 // steps)
 
     return run
 
