@@ -109,6 +109,132 @@ def products_only(model: GRULanguageModel, batch: int, length: int, device: torc
     return run
 
 
+def _gumbel_draws(rng: Any, batch: int, steps: int) -> Any:
+    """(steps, batch, VOCAB) Gumbel noise for argmax draws, as ours draws it (one call for many steps)."""
+    import numpy as np
+
+    return -np.log(rng.standard_exponential((steps, batch, VOCAB), dtype=np.float32))
+
+
+def numpy_step_loop(model: GRULanguageModel, batch: int, length: int, device: torch.device) -> Callable[[], float]:
+    """A peer (s/token): the same step as Stepper's, weights in the same layout, written with NumPy in place."""
+    import numpy as np
+
+    from generate.model import Stepper
+
+    stepper = Stepper(model, model.init_hidden(batch))
+    size, reset_after = stepper.hidden_size, stepper.reset_after
+    table = stepper.table.numpy()
+    layers = [tuple(t.numpy() for t in layer) for layer in stepper.layers]
+    head_w_t, head_b = stepper.head_w_t.numpy(), stepper.head_b.numpy()
+
+    def sigmoid_(x: Any) -> None:  # σ(x) = (1 + tanh(x / 2)) / 2, in place (NumPy has no sigmoid)
+        x *= 0.5
+        np.tanh(x, out=x)
+        x *= 0.5
+        x += 0.5
+
+    def step(tokens: Any, hidden: Any, gi: Any, gh: Any, tmp: Any, logits: Any) -> Any:
+        np.take(table, tokens, axis=0, out=gi)
+        x = None
+        for (bias, w_ih_t, w_a, w_b), h in zip(layers, hidden):
+            if x is not None:
+                np.dot(x, w_ih_t, out=gi)
+                gi += bias
+            if reset_after:
+                np.dot(h, w_a, out=gh)
+                gh += w_b
+                gi[:, : 2 * size] += gh[:, : 2 * size]
+                sigmoid_(gi[:, : 2 * size])
+                np.multiply(gi[:, :size], gh[:, 2 * size :], out=tmp)
+                tmp += gi[:, 2 * size :]
+                np.tanh(tmp, out=tmp)  # n
+                np.subtract(h, tmp, out=h)
+                h *= gi[:, size : 2 * size]
+                h += tmp  # n + z (h − n)
+            else:
+                np.dot(h, w_a, out=gh[:, : 2 * size])
+                gh[:, : 2 * size] += gi[:, : 2 * size]
+                sigmoid_(gh[:, : 2 * size])
+                np.multiply(gh[:, :size], h, out=tmp)
+                np.dot(tmp, w_b, out=gh[:, 2 * size :])
+                gh[:, 2 * size :] += gi[:, 2 * size :]
+                np.tanh(gh[:, 2 * size :], out=tmp)  # h̃
+                tmp -= h
+                tmp *= gh[:, size : 2 * size]
+                h += tmp  # h + z (h̃ − h)
+            x = h
+        np.dot(x, head_w_t, out=logits)
+        logits += head_b
+        return logits
+
+    def run() -> float:
+        rng = np.random.default_rng(1)
+        hidden = np.zeros((len(layers), batch, size), dtype=np.float32)
+        gi, gh = np.empty((batch, 3 * size), np.float32), np.empty((batch, 3 * size), np.float32)
+        tmp, logits = np.empty((batch, size), np.float32), np.empty((batch, VOCAB), np.float32)
+        tokens = np.zeros(batch, dtype=np.int64)
+        start = clock(device)()
+        noise = _gumbel_draws(rng, batch, length)
+        for i in range(length):
+            scores = step(tokens, hidden, gi, gh, tmp, logits)
+            scores += noise[i]
+            tokens = scores.argmax(-1)
+        return (clock(device)() - start) / length
+
+    run.step = step  # type: ignore[attr-defined]  # for the correctness check
+    return run
+
+
+def onnx_step_loop(model: GRULanguageModel, batch: int, length: int, device: torch.device) -> Callable[[], float]:
+    """A peer (s/token): the exported ONNX step graph in onnxruntime (1 thread), the draw in NumPy."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from generate.onnx_export import build_graph
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(build_graph(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def run() -> float:
+        rng = np.random.default_rng(1)
+        hidden = np.zeros((model.spec.num_layers, batch, model.spec.hidden_size), dtype=np.float32)
+        tokens = np.zeros((1, batch), dtype=np.int64)
+        start = clock(device)()
+        noise = _gumbel_draws(rng, batch, length)
+        for i in range(length):
+            logits, hidden = session.run(None, {"tokens": tokens, "hidden": hidden})
+            tokens = (logits[0] + noise[i]).argmax(-1)[None]
+        return (clock(device)() - start) / length
+
+    run.session = session  # type: ignore[attr-defined]  # for the correctness check
+    return run
+
+
+def check_peers(model: GRULanguageModel, numpy_run: Any, onnx_run: Any | None, steps: int = 50) -> float:
+    """Largest |logit difference| of the NumPy and ONNX steps from the model's own forward over `steps` tokens."""
+    import numpy as np
+
+    tokens = torch.randint(VOCAB, (steps, 2), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        reference, _ = model(tokens.t())  # (2, steps, V)
+    size = model.spec.hidden_size
+    hidden = np.zeros((model.spec.num_layers, 2, size), np.float32)
+    gi, gh, tmp, logits = (np.empty(s, np.float32) for s in ((2, 3 * size), (2, 3 * size), (2, size), (2, VOCAB)))
+    worst = 0.0
+    state = np.zeros_like(hidden)
+    for t in range(steps):
+        out = numpy_run.step(tokens[t].numpy(), hidden, gi, gh, tmp, logits)
+        worst = max(worst, float(np.abs(out - reference[:, t].numpy()).max()))
+        if onnx_run is not None:
+            ox, state = onnx_run.session.run(None, {"tokens": tokens[t : t + 1].numpy(), "hidden": state})
+            worst = max(worst, float(np.abs(ox[0] - reference[:, t].numpy()).max()))
+    if worst > 1e-4:
+        raise SystemExit(f"a peer's logits differ from the model's by {worst:.2e}: the comparison would be unfair")
+    return worst
+
+
 def forward_no_grad(model: GRULanguageModel, batch: int, steps: int, path: str, device: torch.device) -> Callable[[], float]:
     """A variant (s/call): model(tokens) without gradients on one path: "fused" (ours) or "nn.GRU"."""
     tokens = torch.randint(VOCAB, (batch, steps), device=device)
@@ -150,7 +276,7 @@ def main() -> None:
     args = parse_args(__doc__, extra)
     device = torch.device(args.device)
     rows = []
-    batches = [1] if args.quick else [1, 64]
+    batches = [1] if args.quick else [1, 8, 64]
     forms = [True] if args.quick else [True, False]
     for reset_after in forms:
         model = make_model(args.layers, args.hidden, reset_after, device)
@@ -167,6 +293,14 @@ def main() -> None:
                 "ours, greedy (temperature=0)": ours(model, batch, length, device, temperature=0.0),
                 "floor: the step's matrix products alone": products_only(model, batch, length, device),
             }
+            if device.type == "cpu":
+                variants["peer: NumPy step, same weight layout as ours"] = numpy_step_loop(model, batch, length, device)
+                try:
+                    variants["peer: ONNX Runtime step (export format=onnx)"] = onnx_step_loop(model, batch, length, device)
+                except ImportError:
+                    print("onnxruntime not installed: no ONNX Runtime row (pip install -e '.[onnx]')", flush=True)
+                check_peers(model, variants["peer: NumPy step, same weight layout as ours"],
+                            variants.get("peer: ONNX Runtime step (export format=onnx)"))
             print(f"{form}, batch {batch}: {args.repeats} interleaved rounds ...", flush=True)
             results = interleave(variants, args.repeats)
             plain = median(results["plain step loop (model per token, multinomial)"])
