@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+# The load when the benchmark started (this module is imported first thing), beside the one at the end.
+START_LOAD = os.getloadavg() if hasattr(os, "getloadavg") else None
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:  # `python bench/x.py` from anywhere imports this checkout's package
@@ -228,7 +230,7 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average_at_start": START_LOAD,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     if torch.cuda.is_available():
