@@ -134,7 +134,13 @@ def numpy_step_loop(model: GRULanguageModel, batch: int, length: int, device: to
         x *= 0.5
         x += 0.5
 
-    def step(tokens: Any, hidden: Any, gi: Any, gh: Any, tmp: Any, logits: Any) -> Any:
+    def buffers(batch: int) -> tuple[Any, ...]:
+        """gi, gh (N, 3H); rz (N, 2H), hn, tmp (N, H); logits (N, V): np.dot writes only into contiguous arrays."""
+        shapes = ((batch, 3 * size), (batch, 3 * size), (batch, 2 * size), (batch, size), (batch, size), (batch, VOCAB))
+        return tuple(np.empty(shape, np.float32) for shape in shapes)
+
+    def step(tokens: Any, hidden: Any, buf: tuple[Any, ...]) -> Any:
+        gi, gh, rz, hn, tmp, logits = buf
         np.take(table, tokens, axis=0, out=gi)
         x = None
         for (bias, w_ih_t, w_a, w_b), h in zip(layers, hidden):
@@ -153,15 +159,15 @@ def numpy_step_loop(model: GRULanguageModel, batch: int, length: int, device: to
                 h *= gi[:, size : 2 * size]
                 h += tmp  # n + z (h − n)
             else:
-                np.dot(h, w_a, out=gh[:, : 2 * size])
-                gh[:, : 2 * size] += gi[:, : 2 * size]
-                sigmoid_(gh[:, : 2 * size])
-                np.multiply(gh[:, :size], h, out=tmp)
-                np.dot(tmp, w_b, out=gh[:, 2 * size :])
-                gh[:, 2 * size :] += gi[:, 2 * size :]
-                np.tanh(gh[:, 2 * size :], out=tmp)  # h̃
+                np.dot(h, w_a, out=rz)
+                rz += gi[:, : 2 * size]
+                sigmoid_(rz)
+                np.multiply(rz[:, :size], h, out=tmp)
+                np.dot(tmp, w_b, out=hn)
+                hn += gi[:, 2 * size :]
+                np.tanh(hn, out=tmp)  # h̃
                 tmp -= h
-                tmp *= gh[:, size : 2 * size]
+                tmp *= rz[:, size:]
                 h += tmp  # h + z (h̃ − h)
             x = h
         np.dot(x, head_w_t, out=logits)
@@ -171,18 +177,17 @@ def numpy_step_loop(model: GRULanguageModel, batch: int, length: int, device: to
     def run() -> float:
         rng = np.random.default_rng(1)
         hidden = np.zeros((len(layers), batch, size), dtype=np.float32)
-        gi, gh = np.empty((batch, 3 * size), np.float32), np.empty((batch, 3 * size), np.float32)
-        tmp, logits = np.empty((batch, size), np.float32), np.empty((batch, VOCAB), np.float32)
+        buf = buffers(batch)
         tokens = np.zeros(batch, dtype=np.int64)
         start = clock(device)()
         noise = _gumbel_draws(rng, batch, length)
         for i in range(length):
-            scores = step(tokens, hidden, gi, gh, tmp, logits)
+            scores = step(tokens, hidden, buf)
             scores += noise[i]
             tokens = scores.argmax(-1)
         return (clock(device)() - start) / length
 
-    run.step = step  # type: ignore[attr-defined]  # for the correctness check
+    run.step, run.buffers = step, buffers  # type: ignore[attr-defined]  # for the correctness check
     return run
 
 
@@ -221,11 +226,11 @@ def check_peers(model: GRULanguageModel, numpy_run: Any, onnx_run: Any | None, s
         reference, _ = model(tokens.t())  # (2, steps, V)
     size = model.spec.hidden_size
     hidden = np.zeros((model.spec.num_layers, 2, size), np.float32)
-    gi, gh, tmp, logits = (np.empty(s, np.float32) for s in ((2, 3 * size), (2, 3 * size), (2, size), (2, VOCAB)))
+    buf = numpy_run.buffers(2)
     worst = 0.0
     state = np.zeros_like(hidden)
     for t in range(steps):
-        out = numpy_run.step(tokens[t].numpy(), hidden, gi, gh, tmp, logits)
+        out = numpy_run.step(tokens[t].numpy(), hidden, buf)
         worst = max(worst, float(np.abs(out - reference[:, t].numpy()).max()))
         if onnx_run is not None:
             ox, state = onnx_run.session.run(None, {"tokens": tokens[t : t + 1].numpy(), "hidden": state})
