@@ -1,4 +1,4 @@
-"""Sampling tokens/s at batch 1 and 64: ours (generate.sample.generate) vs a plain nn.GRU step loop and a 100-token window re-run."""
+"""Sampling tokens/s at batch 1, 8 and 64: ours (generate.sample.generate) vs a plain step loop, a window re-run, a NumPy step and ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import clock, command_line, interleave, measure_peak, median, parse_args, sync, write_results
+from common import clock, command_line, interleave, measure_peak, median, parse_args, spread, sync, write_results
 
 from generate.decoding import generate_tokens
 from generate.model import GRULanguageModel, ModelSpec
@@ -319,6 +319,7 @@ def main() -> None:
                         "variant": name,
                         "tokens/s": batch / per_token,
                         "µs per step": per_token * 1e6,
+                        "µs median [min-max]": spread([x * 1e6 for x in results[name]]),
                         "vs plain step loop": plain / per_token,
                         "peak MiB": memory["peak_cuda_mib"] if device.type == "cuda" else memory["peak_cpu_mib"],
                         "rounds s/token": [round(x, 7) for x in results[name]],
@@ -326,7 +327,7 @@ def main() -> None:
                 )
     print("model.forward without gradients: fused vs nn.GRU ...", flush=True)
     crossover = crossover_rows(args.layers, args.hidden, args.repeats, device, args.quick) if device.type == "cpu" else []
-    columns = ["form", "batch", "variant", "tokens/s", "µs per step", "vs plain step loop", "peak MiB"]
+    columns = ["form", "batch", "variant", "tokens/s", "µs median [min-max]", "vs plain step loop", "peak MiB"]
     notes = [
         f"Model: {args.layers} x {args.hidden} GRU, embedding {EMBED}, vocabulary {VOCAB}; temperature 1 unless noted; "
         "a step = one new token for each of the `batch` sequences.",
