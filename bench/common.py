@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+# The load when the benchmark started (this module is imported first thing), beside the one at the end.
+START_LOAD = os.getloadavg() if hasattr(os, "getloadavg") else None
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:  # `python bench/x.py` from anywhere imports this checkout's package
@@ -29,7 +31,7 @@ def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None
     """--threads / --repeats / --quick, plus whatever `extra` adds; sets torch's thread count."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of the interleaved measurements")
+    parser.add_argument("--repeats", type=int, default=7, help="rounds of the interleaved measurements (>= 7: min-max)")
     parser.add_argument("--quick", action="store_true", help="smallest sizes only, one round (smoke run)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     if extra:
@@ -50,13 +52,25 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def clock(device: torch.device | str = "cpu") -> Callable[[], float]:
+    """The timer for a figure: CPU time (time.process_time) for 1-thread CPU work, else wall time.
+
+    On a shared machine a 1-thread process waits for a core while others run; its CPU time leaves
+    that wait out, its wall time does not. With several threads CPU time would sum them, and GPU
+    work is not CPU time, so those are timed by the wall clock.
+    """
+    one_thread_cpu = torch.device(device).type == "cpu" and torch.get_num_threads() == 1
+    return time.process_time if one_thread_cpu else time.perf_counter
+
+
 def timed(fn: Callable[[], Any], device: torch.device | str = "cpu") -> float:
-    """Seconds one call of fn takes (GPU work included)."""
+    """Seconds one call of fn takes (GPU work included), by clock(device)."""
+    now = clock(device)
     sync(device)
-    start = time.perf_counter()
+    start = now()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def interleave(variants: dict[str, Callable[[], float]], repeats: int, warmup: bool = True) -> dict[str, list[float]]:
@@ -81,6 +95,14 @@ def interleave(variants: dict[str, Callable[[], float]], repeats: int, warmup: b
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def spread(values: Sequence[float]) -> str:
+    """A figure as its median and the range over rounds: "1.23 [1.20-1.31]"."""
+    def fmt(v: float) -> str:
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+
+    return f"{fmt(median(values))} [{fmt(min(values))}-{fmt(max(values))}]"
 
 
 def matmul_rate(device: torch.device | str = "cpu", size: int = 2048, calls: int = 3) -> Callable[[], float]:
@@ -208,7 +230,7 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average_at_start": START_LOAD,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     if torch.cuda.is_available():
@@ -247,13 +269,15 @@ def write_results(
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"{name}-{run_tag(device)}"
     info = machine()
+    info["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     payload = {"command": command, "machine": info, "tables": {k: rows for k, (rows, _) in tables.items()}, **(extra or {})}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     parts = [
         f"# {name}",
         "",
         f"`{command}` — {info['date']}, {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
-        f"({info['torch_threads']} threads), load average at start {info['load_average_at_start']}.",
+        f"({info['torch_threads']} threads), load average (1, 5, 15 min) {info['load_average_at_start']} at start "
+        f"and {info['load_average_at_end']} at the end; 1-thread CPU figures are CPU time (time.process_time).",
         "The machine is shared and noisy: each figure is the median over interleaved rounds; ratios between "
         "variants measured in the same rounds are what count.",
     ]
@@ -310,13 +334,15 @@ def bare_loop(
     data = torch.randint(vocab, (4, batch, seq + 1), device=device)  # a few fixed batches
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
+    now = clock(device)
+
     def run() -> float:
         hidden = None
-        start = time.perf_counter()
+        start = now()
         for i in range(steps + warm_steps):
             if i == warm_steps:
                 sync(device)
-                start = time.perf_counter()
+                start = now()
             window = data[i % len(data)]  # (B, T + 1)
             with autocast:
                 logits, new_hidden = model(window[:, :-1], hidden)  # (B, T, V)
@@ -327,7 +353,7 @@ def bare_loop(
             optimizer.step()
             hidden = new_hidden.detach()
         sync(device)
-        return (time.perf_counter() - start) / steps
+        return (now() - start) / steps
 
     return run
 

@@ -1,13 +1,12 @@
-"""Sampling tokens/s at batch 1 and 64: ours (generate.sample.generate) vs a plain nn.GRU step loop and a 100-token window re-run."""
+"""Sampling tokens/s at batch 1, 8 and 64: ours (generate.sample.generate) vs a plain step loop, a window re-run, a NumPy step and ONNX Runtime."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import command_line, interleave, measure_peak, median, parse_args, sync, write_results
+from common import clock, command_line, interleave, measure_peak, median, parse_args, spread, sync, write_results
 
 from generate.decoding import generate_tokens
 from generate.model import GRULanguageModel, ModelSpec
@@ -30,14 +29,14 @@ def plain_step_loop(model: GRULanguageModel, batch: int, length: int, device: to
         token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         hidden = None
         sync(device)
-        start = time.perf_counter()
+        start = clock(device)()
         for _ in range(length):
             logits, hidden = model(token, hidden)  # (N, 1, V)
             probs = torch.softmax(logits[:, -1] / 1.0, dim=-1)
             token = torch.multinomial(probs, 1, generator=generator)  # (N, 1)
         sync(device)
         model.fused = True
-        return (time.perf_counter() - start) / length
+        return (clock(device)() - start) / length
 
     return run
 
@@ -51,14 +50,14 @@ def window_rerun(model: GRULanguageModel, batch: int, length: int, device: torch
         generator = torch.Generator(device=device).manual_seed(0)
         history = torch.randint(VOCAB, (batch, WINDOW), device=device)  # a full window from the start
         sync(device)
-        start = time.perf_counter()
+        start = clock(device)()
         for _ in range(length):
             logits, _ = model(history[:, -WINDOW:])  # (N, 100, V): the whole window, every token
             probs = torch.softmax(logits[:, -1], dim=-1)
             history = torch.cat([history, torch.multinomial(probs, 1, generator=generator)], dim=1)
         sync(device)
         model.fused = True
-        return (time.perf_counter() - start) / length
+        return (clock(device)() - start) / length
 
     return run
 
@@ -68,10 +67,10 @@ def ours(model: GRULanguageModel, batch: int, length: int, device: torch.device,
 
     def run() -> float:
         sync(device)
-        start = time.perf_counter()
+        start = clock(device)()
         generate_tokens(model, [0], length, num_samples=batch, temperature=temperature, seed=1, device=device)
         sync(device)
-        return (time.perf_counter() - start) / length
+        return (clock(device)() - start) / length
 
     return run
 
@@ -100,14 +99,145 @@ def products_only(model: GRULanguageModel, batch: int, length: int, device: torc
                 products.append((bias[2 * stepper.hidden_size :], h[layer], w_b, stepper.gh_n))
         products.append((stepper.head_b, h[-1], stepper.head_w_t, stepper.logits))
         sync(device)
-        start = time.perf_counter()
+        start = clock(device)()
         for _ in range(length):
             for bias, left, weight_t, out in products:
                 torch.addmm(bias, left, weight_t, out=out)
         sync(device)
-        return (time.perf_counter() - start) / length
+        return (clock(device)() - start) / length
 
     return run
+
+
+def _gumbel_draws(rng: Any, batch: int, steps: int) -> Any:
+    """(steps, batch, VOCAB) Gumbel noise for argmax draws, as ours draws it (one call for many steps)."""
+    import numpy as np
+
+    return -np.log(rng.standard_exponential((steps, batch, VOCAB), dtype=np.float32))
+
+
+def numpy_step_loop(model: GRULanguageModel, batch: int, length: int, device: torch.device) -> Callable[[], float]:
+    """A peer (s/token): the same step as Stepper's, weights in the same layout, written with NumPy in place."""
+    import numpy as np
+
+    from generate.model import Stepper
+
+    stepper = Stepper(model, model.init_hidden(batch))
+    size, reset_after = stepper.hidden_size, stepper.reset_after
+    table = stepper.table.numpy()
+    layers = [tuple(t.numpy() for t in layer) for layer in stepper.layers]
+    head_w_t, head_b = stepper.head_w_t.numpy(), stepper.head_b.numpy()
+
+    def sigmoid_(x: Any) -> None:  # σ(x) = (1 + tanh(x / 2)) / 2, in place (NumPy has no sigmoid)
+        x *= 0.5
+        np.tanh(x, out=x)
+        x *= 0.5
+        x += 0.5
+
+    def buffers(batch: int) -> tuple[Any, ...]:
+        """gi, gh (N, 3H); rz (N, 2H), hn, tmp (N, H); logits (N, V): np.dot writes only into contiguous arrays."""
+        shapes = ((batch, 3 * size), (batch, 3 * size), (batch, 2 * size), (batch, size), (batch, size), (batch, VOCAB))
+        return tuple(np.empty(shape, np.float32) for shape in shapes)
+
+    def step(tokens: Any, hidden: Any, buf: tuple[Any, ...]) -> Any:
+        gi, gh, rz, hn, tmp, logits = buf
+        np.take(table, tokens, axis=0, out=gi)
+        x = None
+        for (bias, w_ih_t, w_a, w_b), h in zip(layers, hidden):
+            if x is not None:
+                np.dot(x, w_ih_t, out=gi)
+                gi += bias
+            if reset_after:
+                np.dot(h, w_a, out=gh)
+                gh += w_b
+                gi[:, : 2 * size] += gh[:, : 2 * size]
+                sigmoid_(gi[:, : 2 * size])
+                np.multiply(gi[:, :size], gh[:, 2 * size :], out=tmp)
+                tmp += gi[:, 2 * size :]
+                np.tanh(tmp, out=tmp)  # n
+                np.subtract(h, tmp, out=h)
+                h *= gi[:, size : 2 * size]
+                h += tmp  # n + z (h − n)
+            else:
+                np.dot(h, w_a, out=rz)
+                rz += gi[:, : 2 * size]
+                sigmoid_(rz)
+                np.multiply(rz[:, :size], h, out=tmp)
+                np.dot(tmp, w_b, out=hn)
+                hn += gi[:, 2 * size :]
+                np.tanh(hn, out=tmp)  # h̃
+                tmp -= h
+                tmp *= rz[:, size:]
+                h += tmp  # h + z (h̃ − h)
+            x = h
+        np.dot(x, head_w_t, out=logits)
+        logits += head_b
+        return logits
+
+    def run() -> float:
+        rng = np.random.default_rng(1)
+        hidden = np.zeros((len(layers), batch, size), dtype=np.float32)
+        buf = buffers(batch)
+        tokens = np.zeros(batch, dtype=np.int64)
+        start = clock(device)()
+        noise = _gumbel_draws(rng, batch, length)
+        for i in range(length):
+            scores = step(tokens, hidden, buf)
+            scores += noise[i]
+            tokens = scores.argmax(-1)
+        return (clock(device)() - start) / length
+
+    run.step, run.buffers = step, buffers  # type: ignore[attr-defined]  # for the correctness check
+    return run
+
+
+def onnx_step_loop(model: GRULanguageModel, batch: int, length: int, device: torch.device) -> Callable[[], float]:
+    """A peer (s/token): the exported ONNX step graph in onnxruntime (1 thread), the draw in NumPy."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from generate.onnx_export import build_graph
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(build_graph(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def run() -> float:
+        rng = np.random.default_rng(1)
+        hidden = np.zeros((model.spec.num_layers, batch, model.spec.hidden_size), dtype=np.float32)
+        tokens = np.zeros((1, batch), dtype=np.int64)
+        start = clock(device)()
+        noise = _gumbel_draws(rng, batch, length)
+        for i in range(length):
+            logits, hidden = session.run(None, {"tokens": tokens, "hidden": hidden})
+            tokens = (logits[0] + noise[i]).argmax(-1)[None]
+        return (clock(device)() - start) / length
+
+    run.session = session  # type: ignore[attr-defined]  # for the correctness check
+    return run
+
+
+def check_peers(model: GRULanguageModel, numpy_run: Any, onnx_run: Any | None, steps: int = 50) -> float:
+    """Largest |logit difference| of the NumPy and ONNX steps from the model's own forward over `steps` tokens."""
+    import numpy as np
+
+    tokens = torch.randint(VOCAB, (steps, 2), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        reference, _ = model(tokens.t())  # (2, steps, V)
+    size = model.spec.hidden_size
+    hidden = np.zeros((model.spec.num_layers, 2, size), np.float32)
+    buf = numpy_run.buffers(2)
+    worst = 0.0
+    state = np.zeros_like(hidden)
+    for t in range(steps):
+        out = numpy_run.step(tokens[t].numpy(), hidden, buf)
+        worst = max(worst, float(np.abs(out - reference[:, t].numpy()).max()))
+        if onnx_run is not None:
+            ox, state = onnx_run.session.run(None, {"tokens": tokens[t : t + 1].numpy(), "hidden": state})
+            worst = max(worst, float(np.abs(ox[0] - reference[:, t].numpy()).max()))
+    if worst > 1e-4:
+        raise SystemExit(f"a peer's logits differ from the model's by {worst:.2e}: the comparison would be unfair")
+    return worst
 
 
 def forward_no_grad(model: GRULanguageModel, batch: int, steps: int, path: str, device: torch.device) -> Callable[[], float]:
@@ -119,13 +249,13 @@ def forward_no_grad(model: GRULanguageModel, batch: int, steps: int, path: str, 
         model.fused = path == "fused"
         model.FUSED_MIN_STEPS_NO_GRAD = 0  # take the asked-for path whatever the length
         sync(device)
-        start = time.perf_counter()
+        start = clock(device)()
         for _ in range(max(1, 64 // steps)):
             model(tokens)
         sync(device)
         model.fused = True
         del model.FUSED_MIN_STEPS_NO_GRAD  # back to the class's threshold
-        return (time.perf_counter() - start) / max(1, 64 // steps)
+        return (clock(device)() - start) / max(1, 64 // steps)
 
     return run
 
@@ -151,7 +281,7 @@ def main() -> None:
     args = parse_args(__doc__, extra)
     device = torch.device(args.device)
     rows = []
-    batches = [1] if args.quick else [1, 64]
+    batches = [1] if args.quick else [1, 8, 64]
     forms = [True] if args.quick else [True, False]
     for reset_after in forms:
         model = make_model(args.layers, args.hidden, reset_after, device)
@@ -168,6 +298,14 @@ def main() -> None:
                 "ours, greedy (temperature=0)": ours(model, batch, length, device, temperature=0.0),
                 "floor: the step's matrix products alone": products_only(model, batch, length, device),
             }
+            if device.type == "cpu":
+                variants["peer: NumPy step, same weight layout as ours"] = numpy_step_loop(model, batch, length, device)
+                try:
+                    variants["peer: ONNX Runtime step (export format=onnx)"] = onnx_step_loop(model, batch, length, device)
+                except ImportError:
+                    print("onnxruntime not installed: no ONNX Runtime row (pip install -e '.[onnx]')", flush=True)
+                check_peers(model, variants["peer: NumPy step, same weight layout as ours"],
+                            variants.get("peer: ONNX Runtime step (export format=onnx)"))
             print(f"{form}, batch {batch}: {args.repeats} interleaved rounds ...", flush=True)
             results = interleave(variants, args.repeats)
             plain = median(results["plain step loop (model per token, multinomial)"])
@@ -181,6 +319,7 @@ def main() -> None:
                         "variant": name,
                         "tokens/s": batch / per_token,
                         "µs per step": per_token * 1e6,
+                        "µs median [min-max]": spread([x * 1e6 for x in results[name]]),
                         "vs plain step loop": plain / per_token,
                         "peak MiB": memory["peak_cuda_mib"] if device.type == "cuda" else memory["peak_cpu_mib"],
                         "rounds s/token": [round(x, 7) for x in results[name]],
@@ -188,7 +327,7 @@ def main() -> None:
                 )
     print("model.forward without gradients: fused vs nn.GRU ...", flush=True)
     crossover = crossover_rows(args.layers, args.hidden, args.repeats, device, args.quick) if device.type == "cpu" else []
-    columns = ["form", "batch", "variant", "tokens/s", "µs per step", "vs plain step loop", "peak MiB"]
+    columns = ["form", "batch", "variant", "tokens/s", "µs median [min-max]", "vs plain step loop", "peak MiB"]
     notes = [
         f"Model: {args.layers} x {args.hidden} GRU, embedding {EMBED}, vocabulary {VOCAB}; temperature 1 unless noted; "
         "a step = one new token for each of the `batch` sequences.",

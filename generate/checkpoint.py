@@ -137,6 +137,18 @@ def with_digest(ckpt: dict[str, Any]) -> dict[str, Any]:
 EXPORT_KEYS = ("model_spec", "tokenizer", "config", "step", "val_loss", "best_val")
 
 
+def check_export_target(source: Path, target: Path, overwrite: bool, suffix: str = ".pt") -> None:
+    """Every export's rules for out=: not its source, not a folder, never a run's last.pt / best.pt, replaced only on request."""
+    if source.resolve() == target.resolve():
+        raise UserError("out= must differ from checkpoint=: export never overwrites its source")
+    if target.is_dir():
+        raise UserError(f"out={target} is a folder; give the file to write, e.g. out={target / ('model' + suffix)}")
+    if target.exists() and target.name in RUN_FILES:
+        raise UserError(f"out={target} is a training run's {target.name}; export never overwrites it: choose another out=")
+    if target.exists() and not overwrite:
+        raise UserError(f"out={target} already exists; add overwrite=true to replace it, or choose another out=")
+
+
 def export_checkpoint(
     source: str | Path, target: str | Path, dtype: torch.dtype = torch.float16, overwrite: bool = False
 ) -> Path:
@@ -145,14 +157,7 @@ def export_checkpoint(
     An existing `target` is replaced only with `overwrite=True`, and a run's last.pt / best.pt never.
     """
     source, target = Path(source), Path(target)
-    if source.resolve() == target.resolve():
-        raise UserError("out= must differ from checkpoint=: export never overwrites its source")
-    if target.is_dir():
-        raise UserError(f"out={target} is a folder; give the file to write, e.g. out={target / 'model.pt'}")
-    if target.exists() and target.name in RUN_FILES:
-        raise UserError(f"out={target} is a training run's {target.name}; export never overwrites it: choose another out=")
-    if target.exists() and not overwrite:
-        raise UserError(f"out={target} already exists; add overwrite=true to replace it, or choose another out=")
+    check_export_target(source, target, overwrite)
     ckpt = load_checkpoint(source)
     build_model(ckpt)  # refuse to export anything that would not load back
     build_tokenizer(ckpt)

@@ -160,6 +160,12 @@ def run_export(cfg: Any) -> Path:
     settings = to_object(cfg, ExportConfig)
     if not settings.checkpoint or not settings.out:
         raise UserError("give both checkpoint=PATH (a training checkpoint) and out=PATH (the file to write)")
+    if settings.format.value == "onnx":
+        from generate.onnx_export import export_onnx
+
+        target, meta = export_onnx(settings.checkpoint, settings.out, settings.overwrite)
+        print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB, float32 ONNX step graph) and {meta}")
+        return target
     target = export_checkpoint(settings.checkpoint, settings.out, getattr(torch, settings.dtype.value), settings.overwrite)
     size_mb = target.stat().st_size / 1e6
     print(f"wrote {target} ({size_mb:.1f} MB, {settings.dtype.value} weights; training state dropped)")

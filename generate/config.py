@@ -87,6 +87,11 @@ class Dtype(str, Enum):
     bfloat16 = "bfloat16"
 
 
+class ExportFormat(str, Enum):
+    pt = "pt"  # a stripped checkpoint, for this toolkit
+    onnx = "onnx"  # an ONNX step graph + tokenizer JSON, for any ONNX runtime
+
+
 @dataclass
 class DatasetConfig:
     name: str = "shakespeare"  # also the default run_name
@@ -234,6 +239,7 @@ class ExportConfig:
     out: str | None = None  # where to write the stripped copy
     dtype: Dtype = Dtype.float16  # storage type of the weights
     overwrite: bool = False  # replace an existing `out` (never a run's last.pt / best.pt)
+    format: ExportFormat = ExportFormat.pt  # pt: a checkpoint; onnx: float32 step graph + <out stem>.tokenizer.json
 
 
 @dataclass
