@@ -217,9 +217,9 @@ def test_sample_cli_writes_a_flute_wav(tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: instrument='kazoo'")
 
 
-# Peak memory: one subprocess per run so ru_maxrss measures only that render.
-_MEMORY_SCRIPT = """
-import resource, sys
+# Peak memory: one subprocess per run, reading its own VmHWM (ru_maxrss would carry pytest's peak over exec).
+_MEMORY_SCRIPT = r"""
+import re, sys
 import pretty_midi
 from generate.music import audio
 
@@ -237,7 +237,7 @@ while t < seconds:  # eighth-note melody, a bass note a second, kick on every be
     t += 0.25
 pm.instruments += [lead, bass, drums]
 audio.render_wav(pm, out, synthesizer=synth)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+print(re.search(r'VmHWM:\s+(\d+)', open('/proc/self/status').read()).group(1))  # KiB
 """
 
 
