@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import pretty_midi
 import pytest
+from music21 import converter
 
 import generate
 from generate.config import PROJECT_ROOT
@@ -50,6 +52,10 @@ def test_shipped_music_model_samples_pieces_that_write_themselves(tmp_path: Path
     midi = pretty_midi.PrettyMIDI(str(tmp_path / "tune.mid"))
     assert len(midi.instruments[0].notes) == len(piece.piece.notes)
     assert piece.to_midi().instruments[0].notes[0].pitch == midi.instruments[0].notes[0].pitch
+    score = converter.parse(str(piece.to_musicxml(tmp_path / "alone.musicxml")))
+    assert [n.pitch.midi for n in score.flatten().notes][:3] == [n.pitch for n in midi.instruments[0].notes][:3]
+    with wave.open(str(piece.to_wav(tmp_path / "alone.wav"))) as handle:
+        assert handle.getnframes() / handle.getframerate() >= piece.piece.in_seconds(120.0).duration
 
 
 def test_nanogpt_style_generate_on_the_bare_model() -> None:

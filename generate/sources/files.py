@@ -106,13 +106,6 @@ def worker_count(setting: int, jobs: int) -> int:
     return max(1, min(setting if setting > 0 else cores, jobs))
 
 
-def run_files(
-    work: Callable[[tuple[str, str]], R], items: list[tuple[str, str]], num_workers: int, desc: str
-) -> list[R]:
-    """Apply `work` to every (name, path), in worker processes when there are several, with a bar."""
-    return list(iter_files(work, items, len(items), num_workers, desc))
-
-
 def iter_files(
     work: Callable[[tuple[str, str]], R], items: Iterable[tuple[str, str]], count: int, num_workers: int, desc: str
 ) -> Iterator[R]:
