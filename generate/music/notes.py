@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 QUARTER, SECOND = "quarter", "second"  # the two time units a Piece can be in
 
@@ -16,6 +16,44 @@ class Note:
     start: float  # in the piece's unit
     end: float
     velocity: int = 100
+
+
+PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+
+
+@dataclass(frozen=True)
+class Meter:
+    """A time signature that takes effect at `start` (in the piece's unit); a bar line falls there.
+
+    A piece's first meter starts at its first downbeat: notes before it are a pickup (anacrusis).
+    """
+
+    numerator: int = 4
+    denominator: int = 4
+    start: float = 0.0
+
+    @property
+    def bar_quarters(self) -> float:
+        """One bar's length in quarter notes (6/8: 3.0)."""
+        return self.numerator * 4 / self.denominator
+
+    def __str__(self) -> str:
+        return f"{self.numerator}/{self.denominator}"
+
+
+@dataclass(frozen=True)
+class Key:
+    """A key: its tonic as a pitch class (0 = C .. 11 = B) and its mode."""
+
+    tonic: int
+    mode: str = "major"  # major | minor
+
+    def transposed(self, semitones: int) -> Key:
+        return Key((self.tonic + semitones) % 12, self.mode)
+
+    def __str__(self) -> str:
+        """Short name: 'D' for D major, 'Dm' for D minor."""
+        return PITCH_CLASSES[self.tonic] + ("m" if self.mode == "minor" else "")
 
 
 @dataclass
@@ -34,12 +72,18 @@ class Piece:
     `line_grid` > 0 says the notes already form one monophonic line on a grid of that many steps
     per quarter (melody extraction made it so), so a melody tokenizer on the same grid need not
     quantize them again.
+
+    `meters` (time signatures, in time order; empty when unknown), `key` and `qpm` (tempo) are what
+    the source said or what was estimated; tokenizers that keep them put them back on decoding.
     """
 
     notes: list[Note]
     duration: float = 0.0
     unit: str = QUARTER  # grid tokenizers work in quarter notes, the event tokenizer in seconds
     line_grid: int = 0
+    meters: list[Meter] = field(default_factory=list)
+    key: Key | None = None
+    qpm: float | None = None
 
     def __post_init__(self) -> None:
         self.notes = sorted(self.notes, key=lambda n: (n.start, n.pitch, n.end))
@@ -47,7 +91,8 @@ class Piece:
 
     def transposed(self, semitones: int) -> Piece:
         notes = [replace(n, pitch=n.pitch + semitones) for n in self.notes]
-        return Piece(notes, self.duration, self.unit, self.line_grid)
+        key = self.key.transposed(semitones) if self.key else None
+        return Piece(notes, self.duration, self.unit, self.line_grid, list(self.meters), key, self.qpm)
 
     def pitch_range(self) -> tuple[int, int] | None:
         if not self.notes:
@@ -57,7 +102,8 @@ class Piece:
 
     def _scaled(self, scale: float, unit: str) -> Piece:
         notes = [replace(n, start=n.start * scale, end=n.end * scale) for n in self.notes]
-        return Piece(notes, self.duration * scale, unit)
+        meters = [replace(m, start=m.start * scale) for m in self.meters]
+        return Piece(notes, self.duration * scale, unit, 0, meters, self.key, self.qpm)
 
     def in_quarters(self, qpm: float) -> Piece:
         """The same piece with times in quarter notes (seconds are read at `qpm`)."""
