@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from common import clock, command_line, interleave, measure_peak, median, parse_args, spread, sync, write_results
 
+from generate import native
 from generate.decoding import generate_tokens
 from generate.model import GRULanguageModel, ModelSpec
 
 EMBED, VOCAB, WINDOW = 128, 65, 100
+TODAY = "today's path: PyTorch Stepper (GENERATE_NATIVE=0)"
 
 
 def make_model(layers: int, hidden: int, reset_after: bool, device: torch.device) -> GRULanguageModel:
@@ -62,15 +65,28 @@ def window_rerun(model: GRULanguageModel, batch: int, length: int, device: torch
     return run
 
 
-def ours(model: GRULanguageModel, batch: int, length: int, device: torch.device, temperature: float = 1.0) -> Callable[[], float]:
-    """A variant (s/token): generate.decoding.generate_tokens (what model.sample runs), 1-token prime."""
+def ours(
+    model: GRULanguageModel, batch: int, length: int, device: torch.device, temperature: float = 1.0, kernel: bool = True
+) -> Callable[[], float]:
+    """A variant (s/token): generate.decoding.generate_tokens (what model.sample runs), 1-token prime.
+
+    kernel=False: with GENERATE_NATIVE=0, i.e. the PyTorch Stepper path that ran before the native kernel.
+    """
 
     def run() -> float:
-        sync(device)
-        start = clock(device)()
-        generate_tokens(model, [0], length, num_samples=batch, temperature=temperature, seed=1, device=device)
-        sync(device)
-        return (clock(device)() - start) / length
+        previous = os.environ.get(native.SWITCH)
+        os.environ[native.SWITCH] = "1" if kernel else "0"
+        try:
+            sync(device)
+            start = clock(device)()
+            generate_tokens(model, [0], length, num_samples=batch, temperature=temperature, seed=1, device=device)
+            sync(device)
+            return (clock(device)() - start) / length
+        finally:
+            if previous is None:
+                del os.environ[native.SWITCH]
+            else:
+                os.environ[native.SWITCH] = previous
 
     return run
 
@@ -240,6 +256,23 @@ def check_peers(model: GRULanguageModel, numpy_run: Any, onnx_run: Any | None, s
     return worst
 
 
+def check_native(model: GRULanguageModel, steps: int = 100) -> float:
+    """Largest |logit difference| of the native kernel from the model's own forward over `steps` drawn tokens (batch 2)."""
+    lib = native.kernel()
+    if lib is None:
+        return 0.0
+    with torch.inference_mode():
+        sampler = native.NativeSampler(lib, model.stepper(model.init_hidden(2)))
+        out, logits = torch.empty(steps, 2, dtype=torch.long), torch.empty(steps, 2, VOCAB)
+        noise = -torch.empty(steps, 2, VOCAB).exponential_(generator=torch.Generator().manual_seed(3)).log()
+        sampler.run(torch.zeros(2, dtype=torch.long), steps, out, noise, 1.0, logits)
+        reference, _ = model(torch.cat([torch.zeros(2, 1, dtype=torch.long), out.t()], 1))  # (2, steps + 1, V)
+    worst = float((logits - reference[:, :steps].transpose(0, 1)).abs().max())
+    if worst > 1e-4:
+        raise SystemExit(f"the native kernel's logits differ from the model's by {worst:.2e}")
+    return worst
+
+
 def forward_no_grad(model: GRULanguageModel, batch: int, steps: int, path: str, device: torch.device) -> Callable[[], float]:
     """A variant (s/call): model(tokens) without gradients on one path: "fused" (ours) or "nn.GRU"."""
     tokens = torch.randint(VOCAB, (batch, steps), device=device)
@@ -296,6 +329,8 @@ def main() -> None:
                 f"re-run a {WINDOW}-token window per token": window_rerun(model, batch, window_length, device),
                 "ours: generate.sample.generate": ours(model, batch, length, device),
                 "ours, greedy (temperature=0)": ours(model, batch, length, device, temperature=0.0),
+                TODAY: ours(model, batch, length, device, kernel=False),
+                "today's path, greedy": ours(model, batch, length, device, temperature=0.0, kernel=False),
                 "floor: the step's matrix products alone": products_only(model, batch, length, device),
             }
             if device.type == "cpu":
@@ -304,11 +339,13 @@ def main() -> None:
                     variants["peer: ONNX Runtime step (export format=onnx)"] = onnx_step_loop(model, batch, length, device)
                 except ImportError:
                     print("onnxruntime not installed: no ONNX Runtime row (pip install -e '.[onnx]')", flush=True)
+                check_native(model)
                 check_peers(model, variants["peer: NumPy step, same weight layout as ours"],
                             variants.get("peer: ONNX Runtime step (export format=onnx)"))
             print(f"{form}, batch {batch}: {args.repeats} interleaved rounds ...", flush=True)
             results = interleave(variants, args.repeats)
             plain = median(results["plain step loop (model per token, multinomial)"])
+            today = median(results[TODAY])
             for name, fn in variants.items():
                 per_token = median(results[name])
                 memory = measure_peak(fn, device)
@@ -321,14 +358,21 @@ def main() -> None:
                         "µs per step": per_token * 1e6,
                         "µs median [min-max]": spread([x * 1e6 for x in results[name]]),
                         "vs plain step loop": plain / per_token,
+                        "vs today's path": today / per_token,
                         "peak MiB": memory["peak_cuda_mib"] if device.type == "cuda" else memory["peak_cpu_mib"],
                         "rounds s/token": [round(x, 7) for x in results[name]],
                     }
                 )
     print("model.forward without gradients: fused vs nn.GRU ...", flush=True)
     crossover = crossover_rows(args.layers, args.hidden, args.repeats, device, args.quick) if device.type == "cpu" else []
-    columns = ["form", "batch", "variant", "tokens/s", "µs median [min-max]", "vs plain step loop", "peak MiB"]
+    columns = ["form", "batch", "variant", "tokens/s", "µs median [min-max]", "vs plain step loop", "vs today's path",
+               "peak MiB"]
+    lib = native.kernel() if device.type == "cpu" else None
     notes = [
+        "ours on the CPU: generate/native.c (the whole step in one C call, many tokens per call), compiled here with "
+        f"`{' '.join(native.FLAGS[0] + native.COMMON)}`; today's path: the same generate_tokens with "
+        "GENERATE_NATIVE=0 (the PyTorch Stepper), measured in the same interleaved rounds."
+        if lib is not None else "The native kernel was NOT available: the ours rows ran the PyTorch path.",
         f"Model: {args.layers} x {args.hidden} GRU, embedding {EMBED}, vocabulary {VOCAB}; temperature 1 unless noted; "
         "a step = one new token for each of the `batch` sequences.",
         "The plain loop and the window re-run use torch's modules (model.fused = False: nn.GRU, or the seed GRU's "

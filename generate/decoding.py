@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from generate import native
 from generate.ranges import SAMPLING, check
 
 
@@ -90,8 +91,9 @@ def stream_tokens(
     carried hidden state (the prefix is never re-run), taken by model.Stepper on preallocated
     buffers (`model.stepper(hidden)`). Memory is O(N·block + N·V) however long the sample: one
     block buffer, reused. The Gumbel noise for up to `chunk` steps is drawn in one call, so the
-    same seed gives the same samples whatever the block size. On CUDA each step (GRU and draw) is
-    replayed from a captured CUDA graph.
+    same seed gives the same samples whatever the block size. On the CPU without top-k / top-p the
+    steps run in generate/native.c when it is available (many tokens per call, the same noise
+    rows); on CUDA each step (GRU and draw) is replayed from a captured CUDA graph.
     """
     model.eval()
     device = torch.device(device)
@@ -131,20 +133,64 @@ def stream_tokens(
     threads = torch.get_num_threads()
     if device.type == "cpu" and 6 * count * stepper.hidden_size**2 < 4e6:
         torch.set_num_threads(1)
+    # The native kernel runs on one thread: it takes the steps PyTorch would also run on one.
+    fast = _native_sampler(stepper, device, top_k, top_p, vocab) if length > 1 and torch.get_num_threads() == 1 else None
     try:
         done, prev = 0, rows[0]
         while done < length:
             size = min(len(rows), length - done)
-            for j in range(1 if done == 0 else 0, size):
-                if replay is not None:
-                    replay(done + j, rows[j])
-                else:
-                    pick(stepper.step(prev), done + j, rows[j])  # reads prev before writing rows[j]
-                prev = rows[j]
+            if fast is not None:  # the native kernel: many steps per call
+                prev = _native_block(fast, prev, buffer, 1 if done == 0 else 0, size, done, noise, chunk,
+                                     generator, temperature)
+            else:
+                for j in range(1 if done == 0 else 0, size):
+                    if replay is not None:
+                        replay(done + j, rows[j])
+                    else:
+                        pick(stepper.step(prev), done + j, rows[j])  # reads prev before writing rows[j]
+                    prev = rows[j]
             done += size
             yield buffer[:size].t().clone()  # (N, size): the buffer is reused for the next block
     finally:
         torch.set_num_threads(threads)
+
+
+def _native_sampler(stepper: Any, device: torch.device, top_k: int, top_p: float, vocab: int) -> Any:
+    """generate/native.c's sampler on this stepper, or None where the PyTorch path runs instead.
+
+    The kernel draws by the plain Gumbel-max rule (greedy or temperature only): top-k / top-p
+    filters, and devices other than the CPU, take the PyTorch path, as does everything when the
+    kernel is unavailable or turned off (GENERATE_NATIVE=0).
+    """
+    if device.type != "cpu" or 0 < top_k < vocab or top_p < 1.0 or not hasattr(stepper, "table"):
+        return None
+    lib = native.kernel()
+    return None if lib is None else native.NativeSampler(lib, stepper)
+
+
+def _native_block(
+    fast: Any, prev: Tensor, buffer: Tensor, start: int, size: int, done: int, noise: Tensor, chunk: int,
+    generator: torch.Generator, temperature: float,
+) -> Tensor:
+    """Fill buffer[start:size] (tokens done + start ...) in native calls; → the last token row written.
+
+    The noise is refilled at exactly the steps where the PyTorch path refills it (every `chunk`
+    steps), so both paths draw step i from the same noise row.
+    """
+    j = start
+    while j < size:
+        i = done + j
+        if temperature == 0:
+            steps, rows = size - j, None
+        else:
+            if i % chunk == 0:
+                _gumbel(noise, generator)
+            steps = min(size - j, chunk - i % chunk)
+            rows = noise[i % chunk : i % chunk + steps]
+        fast.run(prev, steps, buffer[j : j + steps], rows, temperature)
+        j += steps
+        prev = buffer[j - 1]
+    return prev
 
 
 def _capture_cuda_graph(

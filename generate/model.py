@@ -89,6 +89,17 @@ class GRULanguageModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def step_weights(self) -> StepWeights:
+        """The weights in Stepper's layout, rebuilt only when a parameter changed (replaced, moved or written)."""
+        try:
+            key: tuple | None = tuple((id(p), p.data_ptr(), p._version) for p in self.parameters())
+        except RuntimeError:  # parameters made under torch.inference_mode keep no version: never reuse
+            key = None
+        cached = self.__dict__.get("_step_weights")
+        if cached is None or key is None or cached[0] != key:
+            cached = self.__dict__["_step_weights"] = (key, StepWeights(self))
+        return cached[1]
+
     def stepper(self, hidden: Tensor) -> Stepper:
         """A one-token-at-a-time view of this model from the state `hidden` (L, N, H), for sampling."""
         return Stepper(self, hidden)
@@ -108,6 +119,30 @@ class GRULanguageModel(nn.Module):
         )
 
 
+class StepWeights:
+    """A model's weights laid out for one-token steps; built once per parameter version (model.step_weights)."""
+
+    def __init__(self, model: GRULanguageModel):
+        spec = model.spec
+        size = spec.hidden_size
+        # Detached copies: no tensor here requires grad, so Stepper.step needs no grad-mode context
+        # (entering and leaving one costs ~4 µs, 5% of a batch-1 step).
+        self.layers: list[tuple[Tensor, ...]] = []  # per layer: (bias, w_ih^T, w_hh^T or w_rz^T, b_hh or w_n^T)
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layer_weights(model.rnn)):
+            w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in (w_ih, w_hh, b_ih, b_hh))
+            bias, b_hn = fold_biases(b_ih, b_hh, spec.reset_after)
+            if layer == 0:  # (V, 3H): the embedding's projection, looked up by token id
+                self.table = torch.addmm(bias, model.embedding.weight.detach().float(), w_ih.t())
+            w_ih_t = w_ih.t().contiguous() if layer > 0 else w_ih  # layer 0's is never multiplied
+            if spec.reset_after:  # w_hh^T: (H, 3H), and [0, 0, b_hn] added to its product
+                self.layers.append((bias, w_ih_t, w_hh.t().contiguous(), gate_bias(b_hn)))
+            else:  # (H, 2H) and (H, H): r, z from h; the candidate from r ⊙ h
+                self.layers.append((bias, w_ih_t, w_hh[: 2 * size].t().contiguous(), w_hh[2 * size :].t().contiguous()))
+        self.head_w_t = model.head.weight.detach().float().t().contiguous()  # (H, V)
+        self.head_b = model.head.bias.detach().float()
+        self.derived: dict[Any, Tensor] = {}  # other layouts of these weights (generate/native.py's packing)
+
+
 class Stepper:
     """Advance a model one token at a time from a carried state, for sampling.
 
@@ -124,21 +159,9 @@ class Stepper:
         self.reset_after, self.hidden_size = spec.reset_after, spec.hidden_size
         size, batch = spec.hidden_size, hidden.shape[1]
         device = hidden.device
-        # Detached copies: no tensor here requires grad, so step() needs no grad-mode context
-        # (entering and leaving one costs ~4 µs, 5% of a batch-1 step).
-        self.layers: list[tuple[Tensor, ...]] = []  # per layer: (bias, w_ih^T, w_hh^T or w_rz^T, b_hh or w_n^T)
-        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layer_weights(model.rnn)):
-            w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in (w_ih, w_hh, b_ih, b_hh))
-            bias, b_hn = fold_biases(b_ih, b_hh, spec.reset_after)
-            if layer == 0:  # (V, 3H): the embedding's projection, looked up by token id
-                self.table = torch.addmm(bias, model.embedding.weight.detach().float(), w_ih.t())
-            w_ih_t = w_ih.t().contiguous() if layer > 0 else w_ih  # layer 0's is never multiplied
-            if spec.reset_after:  # w_hh^T: (H, 3H), and [0, 0, b_hn] added to its product
-                self.layers.append((bias, w_ih_t, w_hh.t().contiguous(), gate_bias(b_hn)))
-            else:  # (H, 2H) and (H, H): r, z from h; the candidate from r ⊙ h
-                self.layers.append((bias, w_ih_t, w_hh[: 2 * size].t().contiguous(), w_hh[2 * size :].t().contiguous()))
-        self.head_w_t = model.head.weight.detach().float().t().contiguous()  # (H, V)
-        self.head_b = model.head.bias.detach().float()
+        self.weights = model.step_weights()
+        self.table, self.layers = self.weights.table, self.weights.layers
+        self.head_w_t, self.head_b = self.weights.head_w_t, self.weights.head_b
         self.hidden = hidden.detach().float().clone().contiguous()  # (L, N, H), updated in place every step
         self.gi = torch.empty(batch, 3 * size, device=device)  # input projections (+ folded biases)
         self.gh = torch.empty(batch, 3 * size, device=device)  # recurrent products

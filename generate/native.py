@@ -136,7 +136,10 @@ class NativeSampler:
 
     def __init__(self, lib: ctypes.CDLL, stepper: Any):
         self.lib, self.stepper = lib, stepper
-        self.params = pack(stepper, lib.gru_panel_width())
+        width = lib.gru_panel_width()
+        derived = stepper.weights.derived  # packed once per parameter version (model.step_weights)
+        self.params = derived[("native", width)] if ("native", width) in derived else derived.setdefault(
+            ("native", width), pack(stepper, width))
         self.table = stepper.table.contiguous()
         self.layers, batch, self.hidden_size = stepper.hidden.shape
         self.batch, self.vocab = batch, self.table.shape[0]
