@@ -28,7 +28,8 @@ def test_the_wheel_works_from_any_folder(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("generate/_bundled/conf/config.yaml", "generate/_bundled/conf/dataset/bach.yaml",
                     "generate/_bundled/datasets/tinyshakespeare.txt", "generate/_bundled/datasets/music/jsb_chorales.json.gz",
-                    "generate/_bundled/checkpoints/pretrained/shakespeare.pt", "generate/_bundled/checkpoints/pretrained/bach.pt"):
+                    "generate/_bundled/checkpoints/pretrained/shakespeare.pt", "generate/_bundled/checkpoints/pretrained/bach.pt",
+                    "generate/native.c"):
         assert shipped in names, shipped
 
     # --system-site-packages lends torch and the other dependencies (no network here); the project itself
