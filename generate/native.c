@@ -16,14 +16,15 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__)  /* 32 vector registers: 6 x 4 accumulators */
 #define VW 16   /* floats per vector */
 #define TILE 4  /* vectors per output tile */
-#else
+#define ROWS 6  /* batch rows sharing one read of a weight row */
+#else           /* 16 registers: 4 x 2 accumulators */
 #define VW 8
 #define TILE 2
+#define ROWS 4
 #endif
-#define ROWS 4  /* batch rows sharing one read of a weight row */
 
 typedef float vf __attribute__((vector_size(VW * sizeof(float))));
 
@@ -42,8 +43,8 @@ static inline __attribute__((always_inline)) void tile(
         vf wv[TILE];
         for (int v = 0; v < nv; v++) wv[v] = load(w + i * ldw + v * VW);
         for (int r = 0; r < rows; r++) {
-            vf xv = (vf){0} + x[r * xs + i];  /* broadcast */
-            for (int v = 0; v < nv; v++) acc[r][v] += xv * wv[v];
+            const float xr = x[r * xs + i];  /* broadcast by the vector product */
+            for (int v = 0; v < nv; v++) acc[r][v] += xr * wv[v];
         }
     }
     for (int r = 0; r < rows; r++)
@@ -69,6 +70,10 @@ static void matmul(int64_t batch, int64_t k, int64_t n, const float *x, int64_t 
             const float *xb = x + b * xs, *bb = bias + b * bs + c;
             float *ob = out + b * os + c;
             switch (batch - b < ROWS ? batch - b : ROWS) {  /* constant row counts: accumulators stay in registers */
+#if ROWS > 4
+            case 6: tile(6, TILE, k, xb, xs, p, PANEL, bb, bs, ob, os); break;
+            case 5: tile(5, TILE, k, xb, xs, p, PANEL, bb, bs, ob, os); break;
+#endif
             case 4: tile(4, TILE, k, xb, xs, p, PANEL, bb, bs, ob, os); break;
             case 3: tile(3, TILE, k, xb, xs, p, PANEL, bb, bs, ob, os); break;
             case 2: tile(2, TILE, k, xb, xs, p, PANEL, bb, bs, ob, os); break;
