@@ -1,4 +1,4 @@
-"""Sampling tokens/s at batch 1, 8 and 64: ours (generate.sample.generate) vs a plain step loop, a window re-run, a NumPy step and ONNX Runtime."""
+"""Sampling tokens/s at batch 1, 8 and 64: ours (generate.sample.generate) vs today's PyTorch path, a plain step loop, a window re-run, a NumPy step and ONNX Runtime."""
 
 from __future__ import annotations
 
