@@ -43,10 +43,15 @@ def kernel() -> ctypes.CDLL | None:
 
 
 def cache_dir() -> Path:
+    """Where compiled kernels are kept: $GENERATE_HOME/cache/native, else the user's cache folder."""
     home = os.environ.get("GENERATE_HOME")
     if home:
         return Path(home) / "cache" / "native"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gru-generate" / "native"
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no home directory known (some containers): a private folder in the temp dir
+        return Path(tempfile.gettempdir()) / f"gru-generate-native-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    return base / "gru-generate" / "native"
 
 
 def _cpu_flags() -> str:
@@ -89,6 +94,7 @@ def _compile(command: list[str], flags: list[str], path: Path) -> None:
                               capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise OSError(done.stderr.strip() or f"{command[0]} exited with {done.returncode}")
+        os.chmod(temporary, 0o755)  # mkstemp makes it private; a shared cache folder's other users may load it
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
