@@ -26,9 +26,12 @@ import numpy as np
 from generate.sources.files import FileKey
 from generate.sources.store import META, publish
 
-TABLE_FORMAT = 2  # 2: flat arrays and token segments (1 kept every file's tokens in one JSON-described array)
+TABLE_FORMAT = 3  # 3: a tune column (2: flat arrays and token segments; 1: one JSON-described array)
 SIZE, MTIME, REASON, PIECES, FIRST_DOC, DOCS = range(6)  # the columns of files.npy (REASON -1: the file gave music)
-SEGMENT, START, LENGTH, PIECE, SHIFT = range(5)  # the columns of docs.npy
+# The columns of docs.npy. TUNE: which tune of a multi-tune file (an ABC collection) the piece is from, by its
+# number there (X:), -1 for a file that is one tune; PIECE counts the pieces of the file.
+SEGMENT, START, LENGTH, PIECE, SHIFT, TUNE = range(6)
+DOC_COLUMNS = 6
 GATHER_TOKENS = 1 << 20  # tokens copied at a time when documents are gathered (bounded memory)
 MAX_SEGMENTS = 16  # past this many segments, or half the tokens no longer used, the table is rewritten whole
 
@@ -39,7 +42,7 @@ class FileTable:
 
     names: list[str]
     files: np.ndarray  # (n_files, 6) int64
-    docs: np.ndarray  # (n_docs, 5) int64, each file's documents together, in piece then transposition order
+    docs: np.ndarray  # (n_docs, DOC_COLUMNS) int64, each file's documents together, in piece then transposition order
     counts: np.ndarray  # (n_files, len(count_names)) int64: what extraction counted per file
     count_names: list[str]
     reasons: list[str]  # why files gave no music; REASON indexes this
@@ -126,18 +129,19 @@ class TableBuilder:
         self.written = 0
 
     def add(self, key: FileKey, result: Any) -> None:
-        """One file's result (a FileResult: reason, docs as [{shift: tokens}] per piece, counts)."""
+        """One file's result (a FileResult: reason, docs as [{shift: tokens}] per piece, their tunes, counts)."""
         row = len(self.names)
         self.names.append(key[0])
-        first = len(self.docs) // 5
-        for piece, shifted in enumerate(result.docs):
+        first = len(self.docs) // DOC_COLUMNS
+        tunes = getattr(result, "tunes", None) or [-1] * len(result.docs)
+        for piece, (shifted, tune) in enumerate(zip(result.docs, tunes, strict=True)):
             for shift, doc in shifted.items():
                 tokens = np.asarray(doc, dtype=self.dtype)
                 self.handle.write(tokens.tobytes())
-                self.docs.extend((0, self.written, len(tokens), piece, shift))
+                self.docs.extend((0, self.written, len(tokens), piece, shift, tune))
                 self.written += len(tokens)
         reason = -1 if result.reason is None else self.reasons.setdefault(result.reason, len(self.reasons))
-        self.files.extend((key[1], key[2], reason, len(result.docs), first, len(self.docs) // 5 - first))
+        self.files.extend((key[1], key[2], reason, len(result.docs), first, len(self.docs) // DOC_COLUMNS - first))
         for name, value in result.counts.items():
             self.cells.extend((row, self.count_names.setdefault(name, len(self.count_names)), value))
 
@@ -147,7 +151,7 @@ class TableBuilder:
         cells = np.frombuffer(self.cells, dtype=np.int64).reshape(-1, 3)
         np.add.at(counts, (cells[:, 0], cells[:, 1]), cells[:, 2])
         return FileTable(self.names, np.frombuffer(self.files, dtype=np.int64).reshape(-1, 6).copy(),
-                         np.frombuffer(self.docs, dtype=np.int64).reshape(-1, 5).copy(), counts,
+                         np.frombuffer(self.docs, dtype=np.int64).reshape(-1, DOC_COLUMNS).copy(), counts,
                          list(self.count_names), list(self.reasons), [map_segment(self.path, self.dtype)], [self.path])
 
 
@@ -263,7 +267,7 @@ def load_table(folder: Path, dtype: np.dtype) -> FileTable | None:
         files, docs, counts = (np.load(folder / f"{part}.npy") for part in ("files", "docs", "counts"))
         paths = [folder / name for name in meta["segments"]]
         segments = [map_segment(path, dtype) for path in paths]
-        if (files.shape != (len(names), 6) or docs.shape[1:] != (5,) or counts.shape != (len(names), len(count_names))
+        if (files.shape != (len(names), 6) or docs.shape[1:] != (DOC_COLUMNS,) or counts.shape != (len(names), len(count_names))
                 or files[:, DOCS].sum() != len(docs) or np.any(files[:, FIRST_DOC] != np.cumsum(files[:, DOCS]) - files[:, DOCS])
                 or np.any(files[:, REASON] < -1) or np.any(files[:, REASON] >= len(reasons))):
             return None

@@ -27,6 +27,7 @@ from generate.sources.filecache import (
     PIECES,
     REASON,
     SHIFT,
+    TUNE,
     FileTable,
     build_table,
     table_folder,
@@ -38,6 +39,7 @@ from generate.tokenizers import MUSIC_TOKENIZERS, MusicTokenizer
 
 # Part of every music fingerprint: bump when extraction changes what tokens a file gives.
 EXTRACT_VERSION = 4  # 4: MIDI read with symusic (true skip reasons)
+SPLIT_RULE = 2  # part of every fingerprint too: 2: each file or tune by its own hash fraction (1: hash rank)
 MIDI_SUFFIXES = (".mid", ".midi")
 SCORE_SUFFIXES = (".xml", ".musicxml", ".mxl", ".abc", ".krn")
 SHUFFLE_SEED = 0  # training pieces are shuffled the same way on every machine, so caches agree
@@ -72,7 +74,7 @@ def settings_key(cfg: Any) -> str:
         "min_melody_steps", "transpose", "transpose_range", "max_files", "val_fraction", "test_fraction",
     )
     values = [getattr(cfg, k) for k in keys]
-    return f"extract-v{EXTRACT_VERSION}|" + "|".join(f"{k}={getattr(v, 'value', v)}" for k, v in zip(keys, values))
+    return f"extract-v{EXTRACT_VERSION}|split-v{SPLIT_RULE}|" + "|".join(f"{k}={getattr(v, 'value', v)}" for k, v in zip(keys, values))
 
 
 @dataclass
@@ -83,6 +85,7 @@ class FileResult:
     reason: str | None = None
     docs: list[dict[int, np.ndarray]] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    tunes: list[int] = field(default_factory=list)  # per piece, its tune's number in a multi-tune file (else empty)
 
 
 def _nothing_kept(counts: Counter, ex: Extraction) -> str:
@@ -151,8 +154,10 @@ def process_score_file(item: tuple[str, str], tok: MusicTokenizer, ex: Extractio
         except Exception:
             return FileResult(name, "not readable as a score (music21 could not parse it)")
         merged = FileResult(name)
-        for score in scores:
+        for index, score in enumerate(scores):
             one = tokenize_tracks(name, score_tracks(score, tok.unit), tok, ex)
+            if len(scores) > 1:  # a collection: each tune is its own unit of the split
+                merged.tunes += [tune_number(score, index)] * len(one.docs)
             merged.docs += one.docs
             merged.counts += one.counts
             merged.reason = merged.reason or one.reason
@@ -166,29 +171,52 @@ def process_score_file(item: tuple[str, str], tok: MusicTokenizer, ex: Extractio
 # ---------------------------------------------------------------- splits and reporting
 
 
+def tune_number(score: Any, index: int) -> int:
+    """A tune's identity within its collection: its reference number (ABC's X:), else its place (1, 2, ...)."""
+    number = str(getattr(score.metadata, "number", None) or "").strip()
+    return int(number) if number.isdigit() else index + 1
+
+
 def split_units(units: list[str], val_fraction: float, test_fraction: float) -> dict[str, str]:
-    """Unit name → split. The order is a hash of the name, so adding files moves few others."""
+    """Unit name → split, each unit by a hash of its own name (see split_codes)."""
     codes = split_codes(units, val_fraction, test_fraction)
     return {unit: SPLITS[code] for unit, code in zip(units, codes.tolist())}
 
 
+def hash_fractions(units: list[str]) -> np.ndarray:
+    """Per unit a number in [0, 1) from the SHA-1 of its name: the same on every machine and run."""
+    digests = b"".join(hashlib.sha1(u.encode()).digest()[:8] for u in units)
+    return np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2.0**64
+
+
 def split_codes(units: list[str], val_fraction: float, test_fraction: float) -> np.ndarray:
-    """Per unit its split as an index of SPLITS (train, val, test): the first units in hash order are val, then test."""
+    """Per unit its split as an index of SPLITS (train, val, test), decided by that unit's name alone.
+
+    A unit is val when its hash fraction is below val_fraction, test when below val_fraction + test_fraction,
+    else train; so adding or removing other units never moves it. Tiny folders: a split with a share above 0
+    that no unit falls in takes, from the split holding the most units, the unit whose fraction is nearest
+    its band (train first, then val, then test). Only then can an added unit move an existing one: the
+    borrowed unit goes back when a unit of its own falls in the empty split.
+    """
     n = len(units)
-    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
-    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
-    if n - n_val - n_test < 1:
+    bands = np.array([[val_fraction + test_fraction, 1.0], [0.0, val_fraction],
+                      [val_fraction, val_fraction + test_fraction]])
+    wanted = [True, val_fraction > 0, test_fraction > 0]
+    if n < sum(wanted):
         raise UserError(
             f"only {n} piece(s) of music to split into train/val/test; add files, or lower "
             "dataset.min_melody_steps so fewer fragments are dropped"
         )
-    # Raw SHA-1 digests sort as their hex digests do; 20 bytes a unit, not a dict of strings.
-    digests = np.array([hashlib.sha1(u.encode()).digest() for u in units], dtype="S20")
-    order = np.argsort(digests, kind="stable")
-    codes = np.zeros(n, dtype=np.int64)
-    codes[order[:n_val]] = 1
-    codes[order[n_val : n_val + n_test]] = 2
-    return codes
+    fractions = hash_fractions(units)
+    codes = np.where(fractions < val_fraction, 1, np.where(fractions < val_fraction + test_fraction, 2, 0))
+    for split in range(3):
+        if wanted[split] and not np.any(codes == split):
+            donor = int(np.argmax(np.bincount(codes, minlength=3)))  # >= 2 units there, as n >= the splits wanted
+            low, high = bands[split]
+            distance = np.maximum(low - fractions, fractions - high)
+            distance[codes != donor] = np.inf
+            codes[int(np.argmin(distance))] = split
+    return codes.astype(np.int64)
 
 
 def shuffle_training_pieces(docs: list[list[int]]) -> None:
@@ -212,7 +240,7 @@ def _stage_order(name: str) -> int:
 
 
 def assemble(cfg: Any, tokenizer: MusicTokenizer, table: FileTable, source: str, workdir: Path | None) -> Corpus:
-    """A file table → a corpus split by file (by piece when fewer than 3 files are usable), with counts.
+    """A file table → a corpus split by file or tune (see assign_splits), with counts.
 
     Only a few numbers per file and per document are in memory; each split's tokens are gathered from the
     table's segments chunk by chunk, into workdir's store files when there is a workdir (else into memory).
@@ -227,19 +255,7 @@ def assemble(cfg: Any, tokenizer: MusicTokenizer, table: FileTable, source: str,
             f"none of the {len(table)} file(s) from {source} gave music to train on ({skipped}); "
             "check the files play in a MIDI player, or lower dataset.min_melody_steps"
         )
-    # Split whole files, so a song never sits in both train and test; pieces when there are too few files.
-    doc_file = table.doc_file()
-    if len(usable) >= 3:
-        codes = split_codes([table.names[i] for i in usable.tolist()], cfg.val_fraction, cfg.test_fraction)
-        unit_of_file = np.full(len(table), -1, dtype=np.int64)
-        unit_of_file[usable] = np.arange(len(usable))
-        doc_unit = unit_of_file[doc_file]
-    else:
-        first_unit = np.cumsum(files[:, PIECES]) - files[:, PIECES]
-        units = [f"{table.names[i]}#{k}" for i in usable.tolist() for k in range(int(files[i, PIECES]))]
-        codes = split_codes(units, cfg.val_fraction, cfg.test_fraction)
-        doc_unit = first_unit[doc_file] + docs[:, PIECE]
-    doc_split = codes[doc_unit]
+    doc_split = assign_splits(table, cfg.val_fraction, cfg.test_fraction)
     # Transposed copies are training data only; val and test stay as written.
     chosen = {"train": np.flatnonzero(doc_split == 0), "val": np.flatnonzero((doc_split == 1) & (docs[:, SHIFT] == 0)),
               "test": np.flatnonzero((doc_split == 2) & (docs[:, SHIFT] == 0))}
@@ -262,6 +278,28 @@ def assemble(cfg: Any, tokenizer: MusicTokenizer, table: FileTable, source: str,
     }
     report(cfg, stats, skipped)
     return Corpus(tokenizer, splits, stats)
+
+
+def assign_splits(table: FileTable, val_fraction: float, test_fraction: float) -> np.ndarray:
+    """Per document its split (an index of SPLITS): whole tunes, each by a hash of its own name.
+
+    A unit is a file ("a/b.mid"), or one tune of a multi-tune file ("tunes.abc#12", its X: number), so a
+    song never sits in two splits while a collection's tunes spread over all three. With fewer units than
+    splits (one or two files) the units are their pieces ("a/b.mid#0", "a/b.mid#1": fragments).
+    """
+    docs = table.docs
+    keys = np.column_stack((table.doc_file(), docs[:, TUNE]))
+    wanted = 1 + (val_fraction > 0) + (test_fraction > 0)
+    if len(np.unique(keys, axis=0)) < wanted:
+        keys = np.column_stack((keys, docs[:, PIECE]))
+    unique, doc_unit = np.unique(keys, axis=0, return_inverse=True)
+    names = [unit_name(table.names[row[0]], *row[1:]) for row in unique.tolist()]
+    return split_codes(names, val_fraction, test_fraction)[doc_unit.reshape(-1)]
+
+
+def unit_name(file: str, tune: int, piece: int | None = None) -> str:
+    name = file if tune < 0 else f"{file}#{tune}"
+    return name if piece is None else f"{name}#{piece}" if tune < 0 else f"{name}.{piece}"
 
 
 def gather_split(table: FileTable, rows: np.ndarray, dtype: np.dtype, workdir: Path | None, name: str) -> TokenSplit:
