@@ -7,7 +7,7 @@ import os
 import random
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -183,13 +183,13 @@ def split_units(units: list[str], val_fraction: float, test_fraction: float) -> 
     return {unit: SPLITS[code] for unit, code in zip(units, codes.tolist())}
 
 
-def hash_fractions(units: list[str]) -> np.ndarray:
+def hash_fractions(units: Iterable[str]) -> np.ndarray:
     """Per unit a number in [0, 1) from the SHA-1 of its name: the same on every machine and run."""
-    digests = b"".join(hashlib.sha1(u.encode()).digest()[:8] for u in units)
+    digests = b"".join(hashlib.sha1(u.encode("utf-8", "surrogateescape")).digest()[:8] for u in units)
     return np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2.0**64
 
 
-def split_codes(units: list[str], val_fraction: float, test_fraction: float) -> np.ndarray:
+def split_codes(units: Iterable[str], val_fraction: float, test_fraction: float) -> np.ndarray:
     """Per unit its split as an index of SPLITS (train, val, test), decided by that unit's name alone.
 
     A unit is val when its hash fraction is below val_fraction, test when below val_fraction + test_fraction,
@@ -198,7 +198,8 @@ def split_codes(units: list[str], val_fraction: float, test_fraction: float) -> 
     its band (train first, then val, then test). Only then can an added unit move an existing one: the
     borrowed unit goes back when a unit of its own falls in the empty split.
     """
-    n = len(units)
+    fractions = hash_fractions(units)
+    n = len(fractions)
     bands = np.array([[val_fraction + test_fraction, 1.0], [0.0, val_fraction],
                       [val_fraction, val_fraction + test_fraction]])
     wanted = [True, val_fraction > 0, test_fraction > 0]
@@ -207,7 +208,6 @@ def split_codes(units: list[str], val_fraction: float, test_fraction: float) -> 
             f"only {n} piece(s) of music to split into train/val/test; add files, or lower "
             "dataset.min_melody_steps so fewer fragments are dropped"
         )
-    fractions = hash_fractions(units)
     codes = np.where(fractions < val_fraction, 1, np.where(fractions < val_fraction + test_fraction, 2, 0))
     for split in range(3):
         if wanted[split] and not np.any(codes == split):
@@ -287,14 +287,25 @@ def assign_splits(table: FileTable, val_fraction: float, test_fraction: float) -
     song never sits in two splits while a collection's tunes spread over all three. With fewer units than
     splits (one or two files) the units are their pieces ("a/b.mid#0", "a/b.mid#1": fragments).
     """
-    docs = table.docs
-    keys = np.column_stack((table.doc_file(), docs[:, TUNE]))
-    wanted = 1 + (val_fraction > 0) + (test_fraction > 0)
-    if len(np.unique(keys, axis=0)) < wanted:
-        keys = np.column_stack((keys, docs[:, PIECE]))
-    unique, doc_unit = np.unique(keys, axis=0, return_inverse=True)
-    names = [unit_name(table.names[row[0]], *row[1:]) for row in unique.tolist()]
-    return split_codes(names, val_fraction, test_fraction)[doc_unit.reshape(-1)]
+    # A file's documents are together, so a unit starts wherever (file, tune) changes. (A tune number seen twice
+    # in one file, apart, makes two units of the same name: the same hash, the same split.)
+    columns = [table.doc_file(), table.docs[:, TUNE]]
+    starts = unit_starts(columns)
+    if len(starts) < 1 + (val_fraction > 0) + (test_fraction > 0):
+        columns.append(table.docs[:, PIECE])
+        starts = unit_starts(columns)
+    doc_unit = np.cumsum(np.isin(np.arange(len(columns[0])), starts)) - 1
+    names = (unit_name(table.names[int(columns[0][d])], *(int(c[d]) for c in columns[1:])) for d in starts.tolist())
+    return split_codes(names, val_fraction, test_fraction)[doc_unit]
+
+
+def unit_starts(columns: list[np.ndarray]) -> np.ndarray:
+    """The documents where some column changes from the one before (the first document included)."""
+    change = np.zeros(len(columns[0]), dtype=bool)
+    change[:1] = True
+    for column in columns:
+        change[1:] |= column[1:] != column[:-1]
+    return np.flatnonzero(change)
 
 
 def unit_name(file: str, tune: int, piece: int | None = None) -> str:
@@ -339,7 +350,7 @@ def run_folder(cfg: Any, suffixes: tuple[str, ...], what: str, tok: MusicTokeniz
     root, keys = listed_files(cfg, suffixes, what)
     base = str(root)
 
-    def tokenize(todo: list[int]) -> Iterator[FileResult]:
+    def tokenize(todo: np.ndarray) -> Iterator[FileResult]:
         items = ((keys[i][0], os.path.join(base, keys[i][0])) for i in todo)
         return iter_files(work, items, len(todo), cfg.num_workers, desc)
 
