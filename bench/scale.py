@@ -250,15 +250,19 @@ def report(results: dict[str, Any]) -> None:
             "tokenize peak RSS MiB": max(r["tokenize"]["peak_rss_mib"], r["tokenize"]["peak_rss_workers_mib"]),
             "cache MiB": r["cache_mib"], "reload s": r["reload"]["seconds"],
             "+10 files s": r.get("incremental", {}).get("seconds"),
-            "train 20 steps peak RSS MiB": r["train"]["peak_rss_mib"], "eval s": r["train"]["eval_seconds"],
+            "tokenize anon / file MiB": anon_file(r["tokenize"]),
+            "train 20 steps peak RSS MiB": r["train"]["peak_rss_mib"], "train anon / file MiB": anon_file(r["train"]),
+            "eval s": r["train"]["eval_seconds"],
             "eval tokens": r["train"].get("eval_tokens"),
             "load avg before/after": f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f}",
         })
     columns = list(rows[0]) if rows else []
     info = results["machine"]
     text = [f"# scale\n\n`python bench/scale.py --only ENTRY` (one entry at a time), {info['cpu']}, {info['cores']} cores,"
-            f" torch {info['torch']} (1 thread). Each step runs in a fresh process; peak RSS is that process's"
-            " ru_maxrss (for tokenizing, the larger of the main process and its worker processes).\n",
+            f" torch {info['torch']} (1 thread). Each step runs in a fresh process; peak RSS is that process's own"
+            " VmHWM (for tokenizing, the larger of the main process and its worker processes); anon / file are the"
+            " sampled peaks of its RssAnon and RssFile (file: mapped pages, page cache the kernel can drop). Rows"
+            " without them were measured before, with ru_maxrss.\n",
             markdown_table(rows, columns)]
     if "threads" in results:
         t = results["threads"]
@@ -270,6 +274,12 @@ def report(results: dict[str, Any]) -> None:
     (RESULTS / "scale.md").write_text("\n".join(text) + "\n")
     print((RESULTS / "scale.md").read_text())
     plot(results)
+
+
+def anon_file(step: dict[str, Any]) -> str:
+    if "peak_anon_mib" not in step:
+        return ""
+    return f"{step['peak_anon_mib']:.0f} / {step['peak_file_mib']:.0f}"
 
 
 def plot(results: dict[str, Any]) -> None:
@@ -294,6 +304,11 @@ def plot(results: dict[str, Any]) -> None:
         rss_ax.plot(xs, [max(r["tokenize"]["peak_rss_mib"], r["tokenize"]["peak_rss_workers_mib"]) for r in entries],
                     "o-", label="tokenize")
         rss_ax.plot(xs, [r["train"]["peak_rss_mib"] for r in entries], "^-", label="train 20 steps")
+        anon = [(x, r["tokenize"]["peak_anon_mib"], r["train"]["peak_anon_mib"]) for x, r in zip(xs, entries)
+                if "peak_anon_mib" in r["train"]]
+        if anon:
+            rss_ax.plot([a[0] for a in anon], [a[1] for a in anon], "o--", label="tokenize, anonymous only")
+            rss_ax.plot([a[0] for a in anon], [a[2] for a in anon], "^--", label="train, anonymous only")
         for ax, label in ((time_ax, "seconds"), (rss_ax, "peak RSS (MiB)")):
             ax.set_xscale("log")
             ax.set_xlabel(unit)
