@@ -60,7 +60,7 @@ class FileTable:
         files = self.files[rows].copy()
         picked = ranges(files[:, FIRST_DOC], files[:, DOCS])
         files[:, FIRST_DOC] = np.cumsum(files[:, DOCS]) - files[:, DOCS]
-        return FileTable(self.names.take(rows.tolist()), files, self.docs[picked], self.counts[rows],
+        return FileTable(self.names.take(rows), files, self.docs[picked], self.counts[rows],
                          self.count_names, self.reasons, self.segments, self.segment_paths)
 
     def concat(self, other: FileTable) -> FileTable:
@@ -87,15 +87,14 @@ class FileTable:
         pages all over the segments, and each fault on a map brings in its neighbours (fault-around), so
         the whole table would become resident. Reads leave the pages in the page cache, not in this process.
         """
-        rows = self.docs[doc_rows]
-        ends = np.cumsum(rows[:, LENGTH])
+        ends = np.cumsum(self.docs[doc_rows, LENGTH])
         handles = [os.open(path, os.O_RDONLY) for path in self.segment_paths]
         try:
             at = 0
-            while at < len(rows):
+            while at < len(ends):
                 before = int(ends[at - 1]) if at else 0
                 stop = max(at + 1, int(np.searchsorted(ends, before + budget, side="right")))
-                part = rows[at:stop]
+                part = self.docs[doc_rows[at:stop]]  # the rows of this chunk only (48 bytes a document)
                 at = stop
                 yield self.read_documents(handles, part)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 from array import array
@@ -62,12 +63,17 @@ class Names(Sequence[str]):
     __hash__ = None  # type: ignore[assignment]
 
     def __iter__(self) -> Iterator[str]:
-        blob, at = self.blob, self.offsets.tolist()
-        return (blob[a : b - 1].decode("utf-8", "surrogateescape") for a, b in zip(at, at[1:]))
+        return (self.blob[a : b - 1].decode("utf-8", "surrogateescape") for a, b in self.spans(np.arange(len(self))))
 
-    def take(self, rows: Iterable[int]) -> Names:
-        blob, at = self.blob, self.offsets.tolist()
-        return Names(b"".join(blob[at[i] : at[i + 1]] for i in rows))
+    def take(self, rows: np.ndarray) -> Names:
+        return Names(b"".join(self.blob[a:b] for a, b in self.spans(np.asarray(rows, dtype=np.int64))))
+
+    def spans(self, rows: np.ndarray, batch: int = 8192) -> Iterator[tuple[int, int]]:
+        """(start, end) in the blob of each name at `rows` (its NUL included), a batch at a time: a list of
+        every offset as Python ints would cost 36 bytes a name."""
+        for at in range(0, len(rows), batch):
+            part = rows[at : at + batch]
+            yield from zip(self.offsets[part].tolist(), self.offsets[part + 1].tolist())
 
     def __add__(self, other: Names) -> Names:
         return Names(self.blob + other.blob)
@@ -212,10 +218,14 @@ def iter_files(
         chunks = batches(items, max(1, min(64, count // (workers * 4))))
         with ProcessPoolExecutor(max_workers=workers) as pool:
             pending = deque(pool.submit(work_chunk, work, chunk) for chunk in islice(chunks, workers * 4))
+            received = 0
             while pending:
                 done = pending.popleft().result()
                 for chunk in islice(chunks, 1):
                     pending.append(pool.submit(work_chunk, work, chunk))
+                received += 1
+                if received % TRIM_EVERY == 0:
+                    trim_heap()
                 for result in done:
                     yield result
                     bar.update(1)
@@ -226,6 +236,22 @@ def iter_files(
         ) from None
     finally:
         bar.close()
+
+
+TRIM_EVERY = 32  # chunks of results between two trim_heap calls (~2,000 files; a call takes well under 1 ms)
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing).
+
+    The pool's results are unpickled by its result thread, in that thread's own malloc arena, and glibc keeps
+    the pages they free there: measured, the parent grew ~100 bytes a file (+10 MiB over 100,000 files, 0.9
+    MiB left after a trim), so without this its memory would grow with the folder.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -291,21 +291,21 @@ def assign_splits(table: FileTable, val_fraction: float, test_fraction: float) -
     # in one file, apart, makes two units of the same name: the same hash, the same split.)
     columns = [table.doc_file(), table.docs[:, TUNE]]
     starts = unit_starts(columns)
-    if len(starts) < 1 + (val_fraction > 0) + (test_fraction > 0):
+    if starts.sum() < 1 + (val_fraction > 0) + (test_fraction > 0):
         columns.append(table.docs[:, PIECE])
         starts = unit_starts(columns)
-    doc_unit = np.cumsum(np.isin(np.arange(len(columns[0])), starts)) - 1
-    names = (unit_name(table.names[int(columns[0][d])], *(int(c[d]) for c in columns[1:])) for d in starts.tolist())
-    return split_codes(names, val_fraction, test_fraction)[doc_unit]
+    firsts = np.flatnonzero(starts)
+    names = (unit_name(table.names[int(columns[0][d])], *(int(c[d]) for c in columns[1:])) for d in firsts.tolist())
+    return split_codes(names, val_fraction, test_fraction)[np.cumsum(starts) - 1]
 
 
 def unit_starts(columns: list[np.ndarray]) -> np.ndarray:
-    """The documents where some column changes from the one before (the first document included)."""
+    """Per document, whether it starts a unit: some column changes from the document before (or it is the first)."""
     change = np.zeros(len(columns[0]), dtype=bool)
     change[:1] = True
     for column in columns:
         change[1:] |= column[1:] != column[:-1]
-    return np.flatnonzero(change)
+    return change
 
 
 def unit_name(file: str, tune: int, piece: int | None = None) -> str:
@@ -323,7 +323,7 @@ def gather_split(table: FileTable, rows: np.ndarray, dtype: np.dtype, workdir: P
     path = workdir / f"{name}.tokens.npy"  # the store's own file: save_store finds it written and keeps it
     with npy_writer(path, dtype, int(offsets[-1])) as handle:
         for chunk in table.gather(rows):
-            handle.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+            handle.write(memoryview(np.ascontiguousarray(chunk, dtype=dtype)))  # (no copy: gather's own buffer)
     return TokenSplit(np.load(path, mmap_mode="r"), offsets)
 
 
