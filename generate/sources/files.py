@@ -90,6 +90,13 @@ class Listing(Sequence[FileKey]):
         self.blob, self.sizes, self.mtimes = bytearray(), array("q"), array("q")
         self.names: Names | None = None
 
+    @classmethod
+    def of(cls, keys: Iterable[FileKey]) -> Listing:
+        listing = cls()
+        for key in keys:
+            listing.append(*key)
+        return listing.finish()
+
     def append(self, name: str, size: int, mtime: int) -> None:
         self.blob += encode_name(name)
         self.sizes.append(size)
