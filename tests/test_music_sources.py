@@ -15,7 +15,8 @@ from generate.data import load_corpus
 from generate.errors import UserError
 from generate.music.extract import fit_octaves, key_shift, melody_pieces
 from generate.music.notes import Note, Piece, Track
-from generate.sources.music import build_midi, midi_fingerprint, process_midi_file, split_units
+from generate.sources.music import build_midi, midi_fingerprint, process_midi_file
+from generate.sources.splits import split_units
 from generate.tokenizers.melody import MelodyTokenizer
 from tests.conftest import compose_config
 from tests.music_helpers import melody_midi, write_bad_files, write_songs

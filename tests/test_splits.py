@@ -9,15 +9,8 @@ import numpy as np
 
 from generate.data import load_corpus
 from generate.sources.filecache import TUNE, build_table
-from generate.sources.music import (
-    assign_splits,
-    hash_fractions,
-    make_extraction,
-    make_tokenizer,
-    process_score_file,
-    split_codes,
-    split_units,
-)
+from generate.sources.music import make_extraction, make_tokenizer, process_score_file
+from generate.sources.splits import assign_splits, hash_fractions, split_codes, split_units
 from generate.sources.store import token_dtype
 from tests.conftest import compose_config
 from tests.music_helpers import write_songs
