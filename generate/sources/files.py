@@ -39,10 +39,6 @@ class Names(Sequence[str]):
         ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 0) + 1
         self.offsets = np.concatenate(([0], ends)).astype(np.int64)
 
-    @classmethod
-    def of(cls, names: Iterable[str]) -> Names:
-        return cls(b"".join(encode_name(name) for name in names))
-
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
