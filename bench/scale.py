@@ -1,9 +1,11 @@
 """Data at scale: tokenize time, cache size and reload time, training peak RSS and eval time, by corpus size.
 
 Each size is its own entry (`--only text-1g`), run in fresh child processes so every peak RSS is that
-step's own (the child reports its ru_maxrss, and that of the worker processes it waited for). Results
-are merged into bench/results/scale.json by entry, with the load average before and after each, and
-rendered to scale.md and scale.png.
+step's own: the child reports its own VmHWM (/proc/self/status; ru_maxrss would carry the bench's own
+peak across fork and exec), the peaks of its anonymous and file-backed resident memory (RssAnon,
+RssFile: memory-mapped pages of the cache, which the kernel can drop) sampled every 10 ms, and the
+largest VmHWM of its worker processes. Results are merged into bench/results/scale.json by entry,
+with the load average before and after each, and rendered to scale.md and scale.png.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,47 @@ def make_midi(folder: Path, count: int, start: int = 0) -> None:
 # ---------------------------------------------------------------- child steps (fresh processes)
 
 
+def status_kib(pid: str = "self") -> dict[str, int]:
+    """The memory lines of /proc/PID/status (VmHWM, VmRSS, RssAnon, RssFile, ...) in KiB; {} once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in handle) if v.strip().endswith("kB")}
+    except (OSError, ValueError):
+        return {}
+
+
+class MemorySampler(threading.Thread):
+    """Peaks of this process's RssAnon and RssFile, and of its children's VmHWM, sampled every `every` s."""
+
+    def __init__(self, every: float = 0.01):
+        super().__init__(daemon=True)
+        self.every, self.peaks, self.done = every, {"RssAnon": 0, "RssFile": 0, "workers": 0}, threading.Event()
+
+    def sample(self) -> None:
+        own = status_kib()
+        for key in ("RssAnon", "RssFile"):
+            self.peaks[key] = max(self.peaks[key], own.get(key, 0))
+        for children in Path("/proc/self/task").glob("*/children"):
+            try:
+                pids = children.read_text().split()
+            except OSError:
+                continue
+            for pid in pids:
+                self.peaks["workers"] = max(self.peaks["workers"], status_kib(pid).get("VmHWM", 0))
+
+    def run(self) -> None:
+        while not self.done.wait(self.every):
+            self.sample()
+
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.join()
+        self.sample()
+        own = status_kib()
+        return {"peak_rss_mib": own.get("VmHWM", 0) / 1024, "peak_anon_mib": self.peaks["RssAnon"] / 1024,
+                "peak_file_mib": self.peaks["RssFile"] / 1024, "peak_rss_workers_mib": self.peaks["workers"] / 1024}
+
+
 def child(step: str, kind: str, path: str, cache: str, ckpt: str) -> dict[str, Any]:
     """One measured step in this (fresh) process; returns its figures and this process's peak RSS."""
     import torch
@@ -98,6 +141,8 @@ def child(step: str, kind: str, path: str, cache: str, ckpt: str) -> dict[str, A
     cfg = preset("dataset", kind, DatasetConfig)
     cfg.path, cfg.cache_dir = path, cache
     out: dict[str, Any] = {}
+    sampler = MemorySampler()
+    sampler.start()
     start = time.perf_counter()
     if step in ("tokenize", "reload", "incremental"):
         corpus = load_corpus(cfg)
@@ -125,8 +170,7 @@ def child(step: str, kind: str, path: str, cache: str, ckpt: str) -> dict[str, A
         out["seconds"] = time.perf_counter() - start
         out["eval_seconds"] = evals[-1]
         out["tokens_per_s"] = summary.tokens_per_s
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out["peak_rss_workers_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    out.update(sampler.stop())
     return out
 
 
@@ -206,15 +250,19 @@ def report(results: dict[str, Any]) -> None:
             "tokenize peak RSS MiB": max(r["tokenize"]["peak_rss_mib"], r["tokenize"]["peak_rss_workers_mib"]),
             "cache MiB": r["cache_mib"], "reload s": r["reload"]["seconds"],
             "+10 files s": r.get("incremental", {}).get("seconds"),
-            "train 20 steps peak RSS MiB": r["train"]["peak_rss_mib"], "eval s": r["train"]["eval_seconds"],
+            "tokenize anon / file MiB": anon_file(r["tokenize"]),
+            "train 20 steps peak RSS MiB": r["train"]["peak_rss_mib"], "train anon / file MiB": anon_file(r["train"]),
+            "eval s": r["train"]["eval_seconds"],
             "eval tokens": r["train"].get("eval_tokens"),
             "load avg before/after": f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f}",
         })
     columns = list(rows[0]) if rows else []
     info = results["machine"]
     text = [f"# scale\n\n`python bench/scale.py --only ENTRY` (one entry at a time), {info['cpu']}, {info['cores']} cores,"
-            f" torch {info['torch']} (1 thread). Each step runs in a fresh process; peak RSS is that process's"
-            " ru_maxrss (for tokenizing, the larger of the main process and its worker processes).\n",
+            f" torch {info['torch']} (1 thread). Each step runs in a fresh process; peak RSS is that process's own"
+            " VmHWM (for tokenizing, the larger of the main process and its worker processes); anon / file are the"
+            " sampled peaks of its RssAnon and RssFile (file: mapped pages, page cache the kernel can drop). Rows"
+            " without them were measured before, with ru_maxrss.\n",
             markdown_table(rows, columns)]
     if "threads" in results:
         t = results["threads"]
@@ -226,6 +274,12 @@ def report(results: dict[str, Any]) -> None:
     (RESULTS / "scale.md").write_text("\n".join(text) + "\n")
     print((RESULTS / "scale.md").read_text())
     plot(results)
+
+
+def anon_file(step: dict[str, Any]) -> str:
+    if "peak_anon_mib" not in step:
+        return ""
+    return f"{step['peak_anon_mib']:.0f} / {step['peak_file_mib']:.0f}"
 
 
 def plot(results: dict[str, Any]) -> None:
@@ -250,6 +304,11 @@ def plot(results: dict[str, Any]) -> None:
         rss_ax.plot(xs, [max(r["tokenize"]["peak_rss_mib"], r["tokenize"]["peak_rss_workers_mib"]) for r in entries],
                     "o-", label="tokenize")
         rss_ax.plot(xs, [r["train"]["peak_rss_mib"] for r in entries], "^-", label="train 20 steps")
+        anon = [(x, r["tokenize"]["peak_anon_mib"], r["train"]["peak_anon_mib"]) for x, r in zip(xs, entries)
+                if "peak_anon_mib" in r["train"]]
+        if anon:
+            rss_ax.plot([a[0] for a in anon], [a[1] for a in anon], "o--", label="tokenize, anonymous only")
+            rss_ax.plot([a[0] for a in anon], [a[2] for a in anon], "^--", label="train, anonymous only")
         for ax, label in ((time_ax, "seconds"), (rss_ax, "peak RSS (MiB)")):
             ax.set_xscale("log")
             ax.set_xlabel(unit)

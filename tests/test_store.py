@@ -276,3 +276,19 @@ def test_gathering_documents_across_segments_in_small_chunks(tmp_path: Path) -> 
     assert picked.names == ["f2", "f0"] and picked.counts.sum() == 5
     assert np.array_equal(np.concatenate(list(picked.gather(np.arange(len(picked.docs))))),
                           np.concatenate(docs[5:] + docs[:3]))
+
+
+def test_names_and_listing_are_compact_and_exact() -> None:
+    from generate.sources.files import Listing, Names, encode_name
+
+    names = ["a.mid", "sub/ü tune.mid", "bad\udcff.mid", ""]  # a non-UTF-8 byte in a name survives
+    packed = Names(b"".join(encode_name(n) for n in names))
+    assert len(packed) == 4 and list(packed) == names and packed[1] == names[1] and packed[-1] == ""
+    assert packed.take(np.array([2, 0])) == [names[2], names[0]]
+    assert list(packed + packed.take(np.array([1]))) == names + [names[1]]
+    listing = Listing()
+    for i, name in enumerate(names[:3]):
+        listing.append(name, 10 + i, 2**62 + i)
+    listing.finish(limit=2)  # max_files: the first two in path order
+    assert list(listing) == [("a.mid", 10, 2**62), ("sub/ü tune.mid", 11, 2**62 + 1)] and listing[1][0] == names[1]
+    assert list(Listing.of(listing)) == list(listing)

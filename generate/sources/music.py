@@ -20,10 +20,9 @@ from generate.music.extract import Extraction, key_shift
 from generate.music.midifile import MidiSkip
 from generate.music.notes import Note, Track
 from generate.music.read import midi_tracks, read_midi, read_scores, score_tracks
-from generate.sources.corpus import SPLITS, Corpus
+from generate.sources.corpus import Corpus
 from generate.sources.filecache import (
     LENGTH,
-    PIECE,
     PIECES,
     REASON,
     SHIFT,
@@ -33,11 +32,13 @@ from generate.sources.filecache import (
     update_table,
 )
 from generate.sources.files import folder_fingerprint, iter_files, listed_files
+from generate.sources.splits import assign_splits
 from generate.sources.store import TokenSplit, npy_writer, token_dtype
 from generate.tokenizers import MUSIC_TOKENIZERS, MusicTokenizer
 
 # Part of every music fingerprint: bump when extraction changes what tokens a file gives.
 EXTRACT_VERSION = 4  # 4: MIDI read with symusic (true skip reasons)
+SPLIT_RULE = 2  # part of every fingerprint too: 2: each file or tune by its own hash fraction (1: hash rank)
 MIDI_SUFFIXES = (".mid", ".midi")
 SCORE_SUFFIXES = (".xml", ".musicxml", ".mxl", ".abc", ".krn")
 SHUFFLE_SEED = 0  # training pieces are shuffled the same way on every machine, so caches agree
@@ -72,7 +73,7 @@ def settings_key(cfg: Any) -> str:
         "min_melody_steps", "transpose", "transpose_range", "max_files", "val_fraction", "test_fraction",
     )
     values = [getattr(cfg, k) for k in keys]
-    return f"extract-v{EXTRACT_VERSION}|" + "|".join(f"{k}={getattr(v, 'value', v)}" for k, v in zip(keys, values))
+    return f"extract-v{EXTRACT_VERSION}|split-v{SPLIT_RULE}|" + "|".join(f"{k}={getattr(v, 'value', v)}" for k, v in zip(keys, values))
 
 
 @dataclass
@@ -83,6 +84,7 @@ class FileResult:
     reason: str | None = None
     docs: list[dict[int, np.ndarray]] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    tunes: list[int] = field(default_factory=list)  # per piece, its tune's number in a multi-tune file (else empty)
 
 
 def _nothing_kept(counts: Counter, ex: Extraction) -> str:
@@ -151,8 +153,10 @@ def process_score_file(item: tuple[str, str], tok: MusicTokenizer, ex: Extractio
         except Exception:
             return FileResult(name, "not readable as a score (music21 could not parse it)")
         merged = FileResult(name)
-        for score in scores:
+        for index, score in enumerate(scores):
             one = tokenize_tracks(name, score_tracks(score, tok.unit), tok, ex)
+            if len(scores) > 1:  # a collection: each tune is its own unit of the split
+                merged.tunes += [tune_number(score, index)] * len(one.docs)
             merged.docs += one.docs
             merged.counts += one.counts
             merged.reason = merged.reason or one.reason
@@ -166,29 +170,10 @@ def process_score_file(item: tuple[str, str], tok: MusicTokenizer, ex: Extractio
 # ---------------------------------------------------------------- splits and reporting
 
 
-def split_units(units: list[str], val_fraction: float, test_fraction: float) -> dict[str, str]:
-    """Unit name → split. The order is a hash of the name, so adding files moves few others."""
-    codes = split_codes(units, val_fraction, test_fraction)
-    return {unit: SPLITS[code] for unit, code in zip(units, codes.tolist())}
-
-
-def split_codes(units: list[str], val_fraction: float, test_fraction: float) -> np.ndarray:
-    """Per unit its split as an index of SPLITS (train, val, test): the first units in hash order are val, then test."""
-    n = len(units)
-    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
-    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
-    if n - n_val - n_test < 1:
-        raise UserError(
-            f"only {n} piece(s) of music to split into train/val/test; add files, or lower "
-            "dataset.min_melody_steps so fewer fragments are dropped"
-        )
-    # Raw SHA-1 digests sort as their hex digests do; 20 bytes a unit, not a dict of strings.
-    digests = np.array([hashlib.sha1(u.encode()).digest() for u in units], dtype="S20")
-    order = np.argsort(digests, kind="stable")
-    codes = np.zeros(n, dtype=np.int64)
-    codes[order[:n_val]] = 1
-    codes[order[n_val : n_val + n_test]] = 2
-    return codes
+def tune_number(score: Any, index: int) -> int:
+    """A tune's identity within its collection: its reference number (ABC's X:), else its place (1, 2, ...)."""
+    number = str(getattr(score.metadata, "number", None) or "").strip()
+    return int(number) if number.isdigit() else index + 1
 
 
 def shuffle_training_pieces(docs: list[list[int]]) -> None:
@@ -212,7 +197,7 @@ def _stage_order(name: str) -> int:
 
 
 def assemble(cfg: Any, tokenizer: MusicTokenizer, table: FileTable, source: str, workdir: Path | None) -> Corpus:
-    """A file table → a corpus split by file (by piece when fewer than 3 files are usable), with counts.
+    """A file table → a corpus split by file or tune (see assign_splits), with counts.
 
     Only a few numbers per file and per document are in memory; each split's tokens are gathered from the
     table's segments chunk by chunk, into workdir's store files when there is a workdir (else into memory).
@@ -227,19 +212,7 @@ def assemble(cfg: Any, tokenizer: MusicTokenizer, table: FileTable, source: str,
             f"none of the {len(table)} file(s) from {source} gave music to train on ({skipped}); "
             "check the files play in a MIDI player, or lower dataset.min_melody_steps"
         )
-    # Split whole files, so a song never sits in both train and test; pieces when there are too few files.
-    doc_file = table.doc_file()
-    if len(usable) >= 3:
-        codes = split_codes([table.names[i] for i in usable.tolist()], cfg.val_fraction, cfg.test_fraction)
-        unit_of_file = np.full(len(table), -1, dtype=np.int64)
-        unit_of_file[usable] = np.arange(len(usable))
-        doc_unit = unit_of_file[doc_file]
-    else:
-        first_unit = np.cumsum(files[:, PIECES]) - files[:, PIECES]
-        units = [f"{table.names[i]}#{k}" for i in usable.tolist() for k in range(int(files[i, PIECES]))]
-        codes = split_codes(units, cfg.val_fraction, cfg.test_fraction)
-        doc_unit = first_unit[doc_file] + docs[:, PIECE]
-    doc_split = codes[doc_unit]
+    doc_split = assign_splits(table, cfg.val_fraction, cfg.test_fraction)
     # Transposed copies are training data only; val and test stay as written.
     chosen = {"train": np.flatnonzero(doc_split == 0), "val": np.flatnonzero((doc_split == 1) & (docs[:, SHIFT] == 0)),
               "test": np.flatnonzero((doc_split == 2) & (docs[:, SHIFT] == 0))}
@@ -274,7 +247,7 @@ def gather_split(table: FileTable, rows: np.ndarray, dtype: np.dtype, workdir: P
     path = workdir / f"{name}.tokens.npy"  # the store's own file: save_store finds it written and keeps it
     with npy_writer(path, dtype, int(offsets[-1])) as handle:
         for chunk in table.gather(rows):
-            handle.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+            handle.write(memoryview(np.ascontiguousarray(chunk, dtype=dtype)))  # (no copy: gather's own buffer)
     return TokenSplit(np.load(path, mmap_mode="r"), offsets)
 
 
@@ -301,7 +274,7 @@ def run_folder(cfg: Any, suffixes: tuple[str, ...], what: str, tok: MusicTokeniz
     root, keys = listed_files(cfg, suffixes, what)
     base = str(root)
 
-    def tokenize(todo: list[int]) -> Iterator[FileResult]:
+    def tokenize(todo: np.ndarray) -> Iterator[FileResult]:
         items = ((keys[i][0], os.path.join(base, keys[i][0])) for i in todo)
         return iter_files(work, items, len(todo), cfg.num_workers, desc)
 
