@@ -61,7 +61,7 @@ def run_sample(cfg: Any) -> list[Any]:
     out_dir = Path(settings.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # before any work: a path that cannot be a folder fails now
     model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
-    model.prime(prompt, settings.primer)  # a bad prompt or primer is the only line printed
+    model.prime(prompt, settings.primer, settings.meter, settings.key)  # a bad prompt, primer, meter or key: one line
     model.check_music_length(settings.length)
     print(f"checkpoint: {model.path} ({model.origin})", file=sys.stderr)
     if not model.is_music and settings.beam_size == 1:
@@ -70,7 +70,7 @@ def run_sample(cfg: Any) -> list[Any]:
         samples = model.sample(
             prompt, primer=settings.primer, temperature=settings.temperature, top_k=settings.top_k,
             top_p=settings.top_p, length=settings.length, num_samples=settings.num_samples, seed=settings.seed,
-            beam_size=settings.beam_size, qpm=settings.qpm,
+            beam_size=settings.beam_size, qpm=settings.qpm, meter=settings.meter, key=settings.key,
         )
     for i, item in enumerate(samples):
         if model.is_music:
