@@ -34,6 +34,18 @@ def default_run_name(name: str, path: str | None) -> str:
 
 
 OmegaConf.register_new_resolver("default_run_name", default_run_name, replace=True)
+
+
+def music21_corpus(name: str) -> str:
+    """${music21_corpus:ryansMammoth}: a folder of music21's bundled corpus (found without importing music21)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("music21")
+    root = Path(spec.origin).parent if spec and spec.origin else Path("music21")
+    return str(root / "corpus" / name)
+
+
+OmegaConf.register_new_resolver("music21_corpus", music21_corpus, replace=True)
 RUN_NAME = "${default_run_name:${dataset.name},${dataset.path}}"
 
 __all__ = ["CONFIG_DIR", "PROJECT_ROOT"]
