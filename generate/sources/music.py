@@ -88,6 +88,8 @@ class FileResult:
 
 def _nothing_kept(counts: Counter, ex: Extraction) -> str:
     """The true reason a file with notes gave no piece, from what extraction counted."""
+    if any(k.startswith("fragments in triplets") for k in counts):
+        return f"in triplets (off the grid of {ex.steps_per_quarter} steps a quarter): set dataset.steps_per_quarter=12"
     if any(k.startswith("fragments shorter") for k in counts) and not any(k.startswith("fragments wider") for k in counts):
         return f"nothing at least {ex.min_melody_steps} steps long"
     if any(k.startswith("fragments wider") for k in counts):
