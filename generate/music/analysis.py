@@ -107,12 +107,11 @@ def conditioned_pieces(model: Any, sampling: dict[str, Any], meter: str | None =
     from generate.decoding import generate_tokens
 
     prime, _, shift = model.start("", None, meter, key)
+    settings = {**{k: v for k, v in sampling.items() if k != "length"}, "device": model.device}
     if key is not None and meter is None:
-        rows = model._metre_first(prime, sampling["length"], {**sampling, "device": model.device})
+        rows = model._metre_first(prime, sampling["length"], settings)
     else:
-        settings = {k: v for k, v in sampling.items() if k != "length"}
-        rows = [prime + r for r in generate_tokens(model.net, prime, sampling["length"], device=model.device,
-                                                   **settings).tolist()]
+        rows = [prime + r for r in generate_tokens(model.net, prime, sampling["length"], **settings).tolist()]
     pieces = [first_piece(model.tokenizer, row, len(prime)) for row in rows]
     return [p.transposed(shift) if shift else p for p in pieces]
 
