@@ -177,7 +177,7 @@ class Model:
             found = beam_search(self.net, prime, length, beam_size, **settings).tolist()
             rows = [(prime if keep else []) + row for row in found]
         elif key is not None and meter is None and not primer:
-            rows = self._metre_first(prime, length, settings)
+            rows = self.metre_first_rows(prime, length, settings)
         else:
             rows = [(prime if keep else []) + row for row in generate_tokens(self.net, prime, length, **settings).tolist()]
         samples = self.decode(rows, qpm)
@@ -186,7 +186,7 @@ class Model:
                 sample.piece = sample.piece.transposed(shift)
         return samples
 
-    def _metre_first(self, prime: list[int], length: int, settings: dict[str, Any]) -> list[list[int]]:
+    def metre_first_rows(self, prime: list[int], length: int, settings: dict[str, Any]) -> list[list[int]]:
         """key= without meter=: the model draws each sample's METER first (it comes before KEY), then continues."""
         sep, key_id = prime[0], prime[-1]
         firsts = generate_tokens(self.net, [sep], 1, **settings)[:, 0].tolist()

@@ -109,7 +109,7 @@ def conditioned_pieces(model: Any, sampling: dict[str, Any], meter: str | None =
     prime, _, shift = model.start("", None, meter, key)
     settings = {**{k: v for k, v in sampling.items() if k != "length"}, "device": model.device}
     if key is not None and meter is None:
-        rows = model._metre_first(prime, sampling["length"], settings)
+        rows = model.metre_first_rows(prime, sampling["length"], settings)
     else:
         rows = [prime + r for r in generate_tokens(model.net, prime, sampling["length"], **settings).tolist()]
     pieces = [first_piece(model.tokenizer, row, len(prime)) for row in rows]
