@@ -48,13 +48,14 @@ def test_quality_end_to_end_on_a_melody_model(tmp_path: Path) -> None:
 
 
 def test_onset_autocorrelation_tells_metres_apart() -> None:
-    """A jig rhythm (quarter-eighth, repeating every 12 sixteenths) against a reel's (four quarters every 16)."""
-    jig = Piece([Note(60 + (i % 4), t, t + 0.5) for i, t in enumerate(
-        b * 3 + x for b in range(8) for x in (0.0, 1.0, 1.5, 2.5))], 24.0)
-    reel = Piece([Note(60, t, t + 0.5) for t in (b * 4 + x for b in range(6) for x in (0.0, 1.5, 2.0, 3.0))], 24.0)
-    assert onset_autocorrelation([jig], 12) == 1.0 and onset_autocorrelation([jig], 16) < 0.6
-    assert onset_autocorrelation([reel], 16) == 1.0 and onset_autocorrelation([reel], 12) < 0.6
-    assert onset_autocorrelation([], 12) != onset_autocorrelation([], 12)  # nothing to count: nan
+    """A jig rhythm (quarter-eighth twice a bar, every 12 sixteenths) against a 4/4 one (repeating every 16)."""
+    jig = Piece([Note(60, b * 3 + x, b * 3 + x + d) for b in range(8) for x, d in ((0.0, 1.0), (1.0, 0.5), (1.5, 1.0),
+                                                                                    (2.5, 0.5))], 24.0)
+    reel = Piece([Note(60, b * 4 + x, b * 4 + x + d) for b in range(6) for x, d in ((0.0, 1.5), (1.5, 0.5), (2.0, 1.0),
+                                                                                     (3.0, 0.5))], 24.0)
+    assert onset_autocorrelation([jig], 12) > 0.9 and onset_autocorrelation([jig], 16) < 0.3
+    assert onset_autocorrelation([reel], 16) > 0.9 and onset_autocorrelation([reel], 12) < 0.3
+    assert onset_autocorrelation([], 12) != onset_autocorrelation([], 12)  # nothing to correlate: nan
 
 
 def test_in_key_fraction_uses_the_scale_with_the_leading_note() -> None:

@@ -45,21 +45,32 @@ MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10, 11)  # natural minor plus the raised sevent
 
 
 def onset_autocorrelation(pieces: list[Any], lag: int) -> float:
-    """Of all note onsets (on a sixteenth grid), the share followed by another onset exactly `lag` sixteenths later.
+    """The autocorrelation at `lag` sixteenths of the onset signal: on a sixteenth grid, each step where a note
+    starts holds the note's length (in sixteenths), every other step 0; the (step, step + lag) pairs of all
+    pieces are pooled into one Pearson correlation.
 
-    A piece in 6/8 repeats its rhythm every bar (12 sixteenths), one in 4/4 every 16: the lag of the
-    bar scores higher than another metre's lag when the metre is heard. Onsets within `lag` of the
-    piece's end are not counted (nothing can follow them).
+    A jig's quarter-eighth pattern repeats every bar of 6/8 (12 sixteenths) and not every 16; a 4/4 tune's
+    rhythm the other way round: the lag of the bar scores higher than another metre's when the metre is
+    heard. (The bare share of onsets followed by an onset `lag` later cannot tell them apart: folk tunes run
+    in eighths, so nearly every onset has one 8, 12 and 16 sixteenths later.)
     """
-    hits = total = 0
+    import numpy as np
+
+    firsts, seconds = [], []
     for piece in pieces:
-        notes = piece.in_quarters(120.0).notes
-        onsets = {round(n.start * SIXTEENTHS) for n in notes}
-        end = round(piece.in_quarters(120.0).duration * SIXTEENTHS)
-        counted = [t for t in onsets if t + lag < end]
-        total += len(counted)
-        hits += sum(t + lag in onsets for t in counted)
-    return hits / total if total else float("nan")
+        quarters = piece.in_quarters(120.0)
+        signal = np.zeros(round(quarters.duration * SIXTEENTHS) + 1)
+        for note in quarters.notes:
+            signal[round(note.start * SIXTEENTHS)] = max(1, round((note.end - note.start) * SIXTEENTHS))
+        if len(signal) > lag:
+            firsts.append(signal[:-lag])
+            seconds.append(signal[lag:])
+    if not firsts:
+        return float("nan")
+    a, b = np.concatenate(firsts), np.concatenate(seconds)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def scale_of(key: Any) -> set[int]:
@@ -116,23 +127,24 @@ def conditioned_pieces(model: Any, sampling: dict[str, Any], meter: str | None =
     return [p.transposed(shift) if shift else p for p in pieces]
 
 
-def metre_key_report(model: Any, train_pieces: list[Any], sampling: dict[str, Any], keys: int = 4) -> dict[str, Any]:
-    """For a model with control tokens: per metre (the two commonest in training with different bar lengths) the
-    onset autocorrelation at its bar's lag and at the other's, for training pieces and for samples conditioned
-    on it; and for the commonest training keys, the share of conditioned samples' notes in that key's scale."""
+def metre_key_report(model: Any, train_pieces: list[Any], sampling: dict[str, Any], keys: int = 6,
+                     metres: int = 5) -> dict[str, Any]:
+    """For a model with control tokens: for each of the commonest metres in training, the onset autocorrelation
+    at its bar's lag and at a contrasting metre's (the commonest whose bar neither divides nor is a multiple of
+    this one's: 6/8's 12 sixteenths against 4/4's 16), for training pieces and for samples conditioned on it;
+    and for the commonest training keys, the share of conditioned samples' notes in that key's scale."""
     from generate.tokenizers.metre import METERS, parse_key
 
     groups = by_first_meter(train_pieces)
-    ranked = sorted(groups, key=lambda m: -len(groups[m]))
-    metres: list[str] = []
-    for meter in ranked:
-        if meter in METERS and all(bar_sixteenths(meter) != bar_sixteenths(m) for m in metres):
-            metres.append(meter)
-        if len(metres) == 2:
-            break
+    ranked = [m for m in sorted(groups, key=lambda m: -len(groups[m])) if m in METERS][:metres]
+
+    def contrasting(meter: str) -> str | None:
+        a = bar_sixteenths(meter)
+        return next((m for m in ranked if a % bar_sixteenths(m) and bar_sixteenths(m) % a), None)
+
     report: dict[str, Any] = {"metres": {}, "keys": {}}
-    for meter in metres:
-        other = next((m for m in metres if m != meter), None)
+    for meter in ranked:
+        other = contrasting(meter)
         lags = {"bar": bar_sixteenths(meter), **({"other": bar_sixteenths(other)} if other else {})}
         samples = conditioned_pieces(model, sampling, meter=meter)
         entry: dict[str, Any] = {"other_metre": other, "lags": lags, "training_pieces": len(groups[meter])}
@@ -140,8 +152,10 @@ def metre_key_report(model: Any, train_pieces: list[Any], sampling: dict[str, An
             entry[name] = {lag: onset_autocorrelation(pieces, n) for lag, n in lags.items()}
             if other:
                 entry[name]["contrast"] = entry[name]["bar"] - entry[name]["other"]
-            entry[name]["bar_lines_as_asked"] = sum(bool(p.meters) and str(p.meters[0]) == meter for p in pieces) / max(
-                1, len(pieces)) if name == "samples" else None
+        # how many samples the decoder put on bars of the asked metre (the model wrote BAR tokens that far apart)
+        entry["samples"]["with_asked_metre"] = sum(bool(p.meters) and str(p.meters[0]) == meter for p in samples) / max(
+            1, len(samples))
+        entry["bar_gap"] = entry["training"]["bar"] - entry["samples"]["bar"]
         if other:
             entry["contrast_gap"] = entry["training"]["contrast"] - entry["samples"]["contrast"]
         report["metres"][meter] = entry
