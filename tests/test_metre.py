@@ -140,7 +140,7 @@ def test_music21_corpus_pieces_round_trip() -> None:
             counts: Counter = Counter()
             ex = Extraction(36, 96, split_silence_quarters=16)
             pieces = tok.extract(tracks[:1] if tok.kind == "melody" else tracks, ex, counts)
-            assert pieces and counts["keys from the file"] == 1
+            assert pieces and counts["keys from the score"] == 1
             for piece in pieces:
                 back = tok.decode(tok.encode(piece))
                 assert back.meters == piece.meters and back.key == piece.key
@@ -165,6 +165,9 @@ def test_midi_time_and_key_signatures_are_read(tmp_path: Path) -> None:
     tracks = midi_tracks(read_midi(tmp_path / "t.mid"), "quarter")
     assert tracks[0].meters == [Meter(6, 8, 0.0), Meter(3, 4, 6.5)]
     assert tracks[0].key == Key(2, "minor") and round(tracks[0].qpm) == 90
+    counts: Counter = Counter()
+    melody_pieces(tracks, Extraction(48, 84), counts)
+    assert counts["keys from the MIDI key signature"] == 1
     # A fragment starting mid-bar keeps its bar lines: the first downbeat after its first note.
     assert meters_from(tracks[0].meters, 1.0, 12.0) == [Meter(6, 8, 2.0), Meter(3, 4, 5.5)]
 
@@ -177,9 +180,9 @@ def test_key_estimate_and_source_counted() -> None:
     melody_pieces([Track(d_major * 2)], Extraction(48, 84, min_melody_steps=4), counts)
     assert counts["keys estimated (none in the file)"] == 1
     counts = Counter()
-    pieces = melody_pieces([Track(d_major, key=Key(11, "minor"), key_source="file")], Extraction(48, 84, min_melody_steps=4),
+    pieces = melody_pieces([Track(d_major, key=Key(11, "minor"), key_source="score")], Extraction(48, 84, min_melody_steps=4),
                            counts)
-    assert counts["keys from the file"] == 1 and pieces[0].key == Key(11, "minor")
+    assert counts["keys from the score"] == 1 and pieces[0].key == Key(11, "minor")
 
 
 def test_triplet_rule_counts_and_skips_or_keeps_at_twelve() -> None:

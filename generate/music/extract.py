@@ -103,10 +103,10 @@ def key_shift(notes: list[Note]) -> int:
 
 def piece_key(tracks: list[Track], counts: Counter) -> Key | None:
     """The key a file's pieces carry: the one the file gives, else the estimate; counts which it was."""
-    given = next((t.key for t in tracks if t.key is not None and t.key_source), None)
+    given = next((t for t in tracks if t.key is not None and t.key_source), None)
     if given is not None:
-        counts["keys from the file"] += 1
-        return given
+        counts[f"keys from the {given.key_source}"] += 1  # the MIDI key signature, or the score
+        return given.key
     estimated = estimate_key([n for t in tracks for n in t.notes])
     counts["keys estimated (none in the file)" if estimated else "keys unknown"] += 1
     return estimated

@@ -70,7 +70,7 @@ class Track:
     meters: list[Meter] = field(default_factory=list)
     key: Key | None = None
     qpm: float | None = None
-    key_source: str = ""  # "file" (a key signature / K: field) or "" (none given: extraction estimates it)
+    key_source: str = ""  # "MIDI key signature", "score" (K: field, key signature) or "" (none: extraction estimates it)
 
     def transposed(self, semitones: int) -> Track:
         notes = [replace(n, pitch=n.pitch + semitones) for n in self.notes]

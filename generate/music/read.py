@@ -24,7 +24,7 @@ def midi_tracks(content: MidiContent, unit: str) -> list[Track]:
     for track in content.tracks:
         starts, ends = content.times(track, in_seconds=unit != QUARTER)
         notes = list(map(Note, track.pitches.tolist(), starts.tolist(), ends.tolist(), track.velocities.tolist()))
-        tracks.append(Track(notes, track.is_drum, track.name, meters, key, qpm, "file" if key else ""))
+        tracks.append(Track(notes, track.is_drum, track.name, meters, key, qpm, "MIDI key signature" if key else ""))
     return tracks
 
 
@@ -81,7 +81,7 @@ def score_tracks(score: Any, unit: str) -> list[Track]:
             velocity = el.volume.velocity or 90
             for p in el.pitches:
                 notes.append(Note(p.midi, start * scale, (start + length) * scale, velocity))
-        tracks.append(Track(notes, is_drum, part.partName or "", meters, key, qpm, "file" if key else ""))
+        tracks.append(Track(notes, is_drum, part.partName or "", meters, key, qpm, "score" if key else ""))
     return tracks
 
 
