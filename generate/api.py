@@ -115,40 +115,90 @@ class Model:
             "val_loss": self.checkpoint.get("val_loss"),
         }
 
-    def prime(self, prompt: str = "", primer: str | Path | None = None) -> tuple[list[int], bool]:
+    def prime(self, prompt: str = "", primer: str | Path | None = None, meter: str | None = None,
+              key: str | None = None) -> tuple[list[int], bool]:
         """The ids generation starts from, and whether they belong in the output."""
+        ids, keep, _ = self.start(prompt, primer, meter, key)
+        return ids, keep
+
+    def start(self, prompt: str = "", primer: str | Path | None = None, meter: str | None = None,
+              key: str | None = None) -> tuple[list[int], bool, int]:
+        """prime() and the semitones the output must move by (back to the primer's or the asked key)."""
         if prompt and primer:
             raise UserError("prompt= and primer= cannot be used together; give one of them")
+        if (meter is not None or key is not None) and not isinstance(self.tokenizer, MusicTokenizer):
+            raise UserError("meter= and key= are for music models with control tokens; this is a text model")
         if primer:
             if not isinstance(self.tokenizer, MusicTokenizer):
                 raise UserError("primer= is a MIDI file for music models; this is a text model, use prompt=\"...\"")
-            return self.tokenizer.encode_primer(primer), True
+            if meter is not None or key is not None:
+                raise UserError("primer= keeps the primer's own metre and key; give primer= or meter=/key=, not both")
+            ids, shift = self.tokenizer.primer_ids(primer, to_c=self.transposed_to_c)
+            return ids, True, -shift  # the output goes back to the primer's key
         if prompt:
             if self.is_music:
                 raise UserError("prompt= is text for text models; for a music model give primer=FILE.mid")
-            return self.tokenizer.encode(prompt), True
-        return self.tokenizer.start_ids(), False
+            return self.tokenizer.encode(prompt), True, 0
+        if isinstance(self.tokenizer, MusicTokenizer) and (meter is not None or key is not None):
+            from generate.music.extract import shift_to_c
+            from generate.tokenizers.metre import parse_key
+
+            asked = parse_key(key) if key is not None else None
+            shift = shift_to_c(asked) if self.transposed_to_c else 0  # trained in C/Am: condition there, move back
+            model_key = asked.transposed(shift) if asked is not None else None
+            return [self.tokenizer.SEP, *self.tokenizer.control_ids(meter, model_key)], True, -shift
+        return self.tokenizer.start_ids(), False, 0
+
+    @property
+    def transposed_to_c(self) -> bool:
+        """Whether the training pieces were all moved to C major / A minor (dataset.transpose=c)."""
+        dataset = self.checkpoint.get("config", {}).get("dataset", {})
+        return isinstance(dataset, dict) and str(dataset.get("transpose", "none")).split(".")[-1] == "c"
 
     def sample(
         self, prompt: str = "", *, primer: str | Path | None = None, temperature: float = 1.0, top_k: int = 0,
         top_p: float = 1.0, length: int = 200, num_samples: int = 1, seed: int | None = None, beam_size: int = 1,
-        qpm: float = 120.0,
+        qpm: float = 120.0, meter: str | None = None, key: str | None = None,
     ) -> list[TextSample] | list[MusicSample]:
-        """Generate `num_samples` continuations of `prompt` (text) or `primer` (a MIDI file, music).
+        """Generate `num_samples` continuations of `prompt` (text) or `primer` (a MIDI or score file, music).
 
+        `meter` ("6/8") and `key` ("Dm") start music from those control tokens (models trained with
+        dataset.controls=true); without them the model chooses. A primer is moved into the training key when
+        the dataset was (dataset.transpose=c) and the output moved back to the primer's key.
         `seed=None` draws a fresh seed; the same seed and settings give the same samples.
         """
         check_sampling(temperature, top_k, top_p, length, num_samples, beam_size)
         self.check_music_length(length)
         seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
-        prime, keep = self.prime(prompt, primer)
+        prime, keep, shift = self.start(prompt, primer, meter, key)
         settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "num_samples": num_samples,
                     "seed": seed, "device": self.device}
         if beam_size > 1:
-            rows = beam_search(self.net, prime, length, beam_size, **settings)
+            found = beam_search(self.net, prime, length, beam_size, **settings).tolist()
+            rows = [(prime if keep else []) + row for row in found]
+        elif key is not None and meter is None and not primer:
+            rows = self.metre_first_rows(prime, length, settings)
         else:
-            rows = generate_tokens(self.net, prime, length, **settings)
-        return self.decode([(prime if keep else []) + row for row in rows.tolist()], qpm)
+            rows = [(prime if keep else []) + row for row in generate_tokens(self.net, prime, length, **settings).tolist()]
+        samples = self.decode(rows, qpm)
+        if shift:
+            for sample in samples:
+                sample.piece = sample.piece.transposed(shift)
+        return samples
+
+    def metre_first_rows(self, prime: list[int], length: int, settings: dict[str, Any]) -> list[list[int]]:
+        """key= without meter=: the model draws each sample's METER first (it comes before KEY), then continues."""
+        sep, key_id = prime[0], prime[-1]
+        firsts = generate_tokens(self.net, [sep], 1, **settings)[:, 0].tolist()
+        rows: list[list[int]] = [[] for _ in firsts]
+        for first in sorted(set(firsts)):
+            chosen = [i for i, f in enumerate(firsts) if f == first]
+            start = [sep, first, key_id]
+            more = generate_tokens(self.net, start, max(1, length - 1),
+                                   **{**settings, "num_samples": len(chosen), "seed": settings["seed"] + first})
+            for i, row in zip(chosen, more.tolist(), strict=True):
+                rows[i] = start + row
+        return rows
 
     def check_music_length(self, length: int) -> None:
         """A music sample is decoded and rendered as one piece, so its length is capped (text streams instead)."""

@@ -61,7 +61,7 @@ def run_sample(cfg: Any) -> list[Any]:
     out_dir = Path(settings.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # before any work: a path that cannot be a folder fails now
     model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
-    model.prime(prompt, settings.primer)  # a bad prompt or primer is the only line printed
+    model.prime(prompt, settings.primer, settings.meter, settings.key)  # a bad prompt, primer, meter or key: one line
     model.check_music_length(settings.length)
     print(f"checkpoint: {model.path} ({model.origin})", file=sys.stderr)
     if not model.is_music and settings.beam_size == 1:
@@ -70,7 +70,7 @@ def run_sample(cfg: Any) -> list[Any]:
         samples = model.sample(
             prompt, primer=settings.primer, temperature=settings.temperature, top_k=settings.top_k,
             top_p=settings.top_p, length=settings.length, num_samples=settings.num_samples, seed=settings.seed,
-            beam_size=settings.beam_size, qpm=settings.qpm,
+            beam_size=settings.beam_size, qpm=settings.qpm, meter=settings.meter, key=settings.key,
         )
     for i, item in enumerate(samples):
         if model.is_music:
@@ -175,7 +175,7 @@ def run_export(cfg: Any) -> Path:
 def run_quality(cfg: Any) -> dict[str, Any]:
     """python -m generate.quality: histogram distances between a music model's samples and held-out music."""
     from generate.api import Model
-    from generate.music.analysis import distances, histograms
+    from generate.music.analysis import distances, histograms, metre_key_section, print_metre_key
 
     settings = to_object(cfg, QualityConfig)
     model = Model.from_pretrained(settings.checkpoint, device=settings.device.value)
@@ -199,6 +199,9 @@ def run_quality(cfg: Any) -> dict[str, Any]:
     print(f"{'histogram':<14}{'generated':>11}{reference_split + ' split':>14}")
     for name in held_out:
         print(f"{name:<14}{result['generated_vs_held_out'][name]:>11.3f}{result[f'{reference_split}_vs_held_out'][name]:>14.3f}")
+    if (section := metre_key_section(model, corpus.splits["train"], sampling)) is not None:
+        result["metre_key"] = section  # models with control tokens: metre and key as asked
+        print_metre_key(section)
     if settings.out:
         Path(settings.out).parent.mkdir(parents=True, exist_ok=True)
         Path(settings.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -34,6 +34,18 @@ def default_run_name(name: str, path: str | None) -> str:
 
 
 OmegaConf.register_new_resolver("default_run_name", default_run_name, replace=True)
+
+
+def music21_corpus(name: str) -> str:
+    """${music21_corpus:ryansMammoth}: a folder of music21's bundled corpus (found without importing music21)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("music21")
+    root = Path(spec.origin).parent if spec and spec.origin else Path("music21")
+    return str(root / "corpus" / name)
+
+
+OmegaConf.register_new_resolver("music21_corpus", music21_corpus, replace=True)
 RUN_NAME = "${default_run_name:${dataset.name},${dataset.path}}"
 
 __all__ = ["CONFIG_DIR", "PROJECT_ROOT"]
@@ -116,6 +128,10 @@ class DatasetConfig:
     transpose_range: int = 5  # semitones up and down for transpose=augment
     num_workers: int = 0  # processes tokenizing MIDI/score folders; 0 = one per CPU core
     max_files: int = 0  # 0 = no limit; else the first N files (chorales; sequences per benchmark split)
+    # Melody / polyphonic tokens: bar lines as a BAR token ("bar"), position-in-bar tokens ("position") or none;
+    # `controls` starts every piece with METER, KEY and TEMPO tokens (sample meter=6/8 key=Dm then conditions).
+    metre: str = "none"  # none | bar | position (the music presets set bar)
+    controls: bool = False  # metre/key/tempo control tokens at the start of every piece (the music presets set true)
 
     def __post_init__(self) -> None:
         """Every value in its range (generate/ranges.py), checked for the CLI and the API alike."""
@@ -216,6 +232,8 @@ class SampleConfig(SamplingConfig):
     instrument: str = ""  # music: a General MIDI program 0..127 or name (flute, violin, ...); "": piano
     soundfont: str | None = None  # music: the .sf2/.sf3 for .wav files; None: a system one, else sine waves
     threads: int = 1  # torch CPU threads (0 = torch's default); see train.threads
+    meter: str | None = None  # music models with control tokens: start from this metre (2/4 3/4 4/4 6/8 9/8 ...)
+    key: str | None = None  # ... and this key (D, Dm, F#m, Bb); none: the model chooses
 
 
 @dataclass

@@ -21,7 +21,7 @@ SUMMARIES = {
     "sample": "Generate text or music from a checkpoint (a path or a shipped model's name).",
     "evaluate": "The loss of a checkpoint on a split of its own dataset, in nats and bits per token.",
     "export": "A training checkpoint stripped to its weights (float16 by default), or an ONNX step graph, for sharing.",
-    "quality": "How close a music model's samples are to held-out music (histogram distances).",
+    "quality": "How close a music model's samples are to held-out music (histograms; metre and key if controlled).",
     "list": "The shipped models and your runs, with dataset, tokenizer, parameters, steps and validation loss.",
     "app": "A local web page: pick a model, generate, listen and download (needs pip install -e \".[app]\").",
 }
@@ -38,6 +38,7 @@ EXAMPLES = {
         "python -m generate.sample checkpoint=shakespeare prompt=\"ROMEO:\" temperature=0.8 length=300",
         "python -m generate.sample checkpoint=bach num_samples=4 out_dir=tunes/",
         "python -m generate.sample checkpoint=shakespeare prompt_file=opening.txt",
+        "python -m generate.sample checkpoint=checkpoints/folk/best.pt meter=6/8 key=Dm   # models with control tokens",
     ],
     "evaluate": [
         "python -m generate.evaluate checkpoint=checkpoints/shakespeare/best.pt split=test",
@@ -45,7 +46,8 @@ EXAMPLES = {
     ],
     "export": ["python -m generate.export checkpoint=checkpoints/shakespeare/best.pt out=shakespeare.pt",
                "python -m generate.export checkpoint=shakespeare format=onnx out=shakespeare.onnx   # needs [onnx]"],
-    "quality": ["python -m generate.quality checkpoint=bach num_samples=32 out=quality.json"],
+    "quality": ["python -m generate.quality checkpoint=bach num_samples=32 out=quality.json",
+                "python -m generate.quality checkpoint=checkpoints/folk/best.pt   # + metre and key as asked"],
     "list": ["python -m generate.list", "python -m generate.list checkpoints_dir=/data/runs"],
     "app": ["python -m generate.app                                     # http://127.0.0.1:7860",
             "python -m generate.app port=8000 checkpoints_dir=runs/"],

@@ -11,8 +11,8 @@ import torch
 from generate.cli import run_quality as quality
 from generate.cli import run_train as train
 from generate.errors import UserError
-from generate.music.analysis import histograms, total_variation
-from generate.music.notes import Note, Piece
+from generate.music.analysis import histograms, in_key_fraction, onset_autocorrelation, total_variation
+from generate.music.notes import Key, Note, Piece
 from tests.conftest import compose_config, train_overrides
 from tests.music_helpers import write_songs
 
@@ -43,6 +43,25 @@ def test_quality_end_to_end_on_a_melody_model(tmp_path: Path) -> None:
     for name in ("pitch_class", "interval", "note_length"):
         assert 0.0 <= result["generated_vs_held_out"][name] <= 1.0
         assert 0.0 <= result["val_vs_held_out"][name] <= 1.0
+    keys = result["metre_key"]["keys"]  # the midi preset has control tokens: key-conditioned samples are scored
+    assert keys and all(0.0 <= k["samples_in_key"] <= 1.0 and k["samples"] == 4 for k in keys.values())
+
+
+def test_onset_autocorrelation_tells_metres_apart() -> None:
+    """A jig rhythm (quarter-eighth twice a bar, every 12 sixteenths) against a 4/4 one (repeating every 16)."""
+    jig = Piece([Note(60, b * 3 + x, b * 3 + x + d) for b in range(8) for x, d in ((0.0, 1.0), (1.0, 0.5), (1.5, 1.0),
+                                                                                    (2.5, 0.5))], 24.0)
+    reel = Piece([Note(60, b * 4 + x, b * 4 + x + d) for b in range(6) for x, d in ((0.0, 1.5), (1.5, 0.5), (2.0, 1.0),
+                                                                                     (3.0, 0.5))], 24.0)
+    assert onset_autocorrelation([jig], 12) > 0.9 and onset_autocorrelation([jig], 16) < 0.3
+    assert onset_autocorrelation([reel], 16) > 0.9 and onset_autocorrelation([reel], 12) < 0.3
+    assert onset_autocorrelation([], 12) != onset_autocorrelation([], 12)  # nothing to correlate: nan
+
+
+def test_in_key_fraction_uses_the_scale_with_the_leading_note() -> None:
+    piece = Piece([Note(p, i, i + 1) for i, p in enumerate((62, 64, 65, 67, 69, 70, 73, 63))], key=Key(2, "minor"))
+    assert in_key_fraction([piece]) == pytest.approx(7 / 8)  # D minor + C#: only Eb is outside
+    assert in_key_fraction([piece], Key(0)) == pytest.approx(5 / 8)  # against C major: Bb, C#, Eb are out
 
 
 def test_quality_refuses_text_models(text_checkpoint: Path) -> None:

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from generate.music.notes import SECOND, GridNote, Note, Piece, Track, grid_line, line_piece, to_steps
+from generate.music.notes import (
+    SECOND,
+    GridNote,
+    Key,
+    Note,
+    Piece,
+    Track,
+    grid_line,
+    line_piece,
+    meters_from,
+    to_steps,
+)
 
 
 @dataclass(frozen=True)
@@ -52,11 +63,11 @@ def key_profiles() -> tuple[list[float], list[float]]:
     return list(KK_MAJOR), list(KK_MINOR)
 
 
-def key_shift(notes: list[Note]) -> int:
-    """Semitones (-6..5) that take the notes' most likely key to C major or A minor.
+def estimate_key(notes: list[Note]) -> Key | None:
+    """The notes' most likely key (Krumhansl-Schmuckler), None when no key stands out (no notes, a flat histogram).
 
-    The key is the Krumhansl-Schmuckler estimate: the major or minor profile, rotated to each of
-    the 12 tonics, that correlates best with the duration-weighted pitch-class histogram.
+    The major or minor profile, rotated to each of the 12 tonics, that correlates best with the
+    duration-weighted pitch-class histogram.
     """
     import numpy as np
 
@@ -64,17 +75,41 @@ def key_shift(notes: list[Note]) -> int:
     for n in notes:
         hist[n.pitch % 12] += n.end - n.start
     if not hist.any():
-        return 0
-    candidates, targets = rotated_profiles()
+        return None
+    candidates, _ = rotated_profiles()
     # Pearson correlation with all 24 rotated profiles at once (np.corrcoef 24 times was 2/3 of a file's time).
     centred = hist - hist.mean()
     norm = np.sqrt((centred**2).sum())
     if norm == 0:  # every pitch class equally long: no key stands out (corrcoef would give nan, never a best)
-        return 0
+        return None
     scores = candidates @ centred / norm
     # Exact ties (e.g. two notes a fifth apart) go to the first candidate in order, not to rounding noise.
-    best_shift = int(targets[int(np.flatnonzero(scores >= scores.max() - 1e-12)[0])])
-    return best_shift - 12 if best_shift > 5 else best_shift
+    best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[0])
+    return Key(best // 2, "minor" if best % 2 else "major")
+
+
+def shift_to_c(key: Key | None) -> int:
+    """Semitones (-6..5) that take `key` to C major (or A minor: they share no sharps or flats)."""
+    if key is None:
+        return 0
+    shift = ((9 if key.mode == "minor" else 0) - key.tonic) % 12
+    return shift - 12 if shift > 5 else shift
+
+
+def key_shift(notes: list[Note]) -> int:
+    """Semitones (-6..5) that take the notes' most likely key (estimate_key) to C major or A minor."""
+    return shift_to_c(estimate_key(notes))
+
+
+def piece_key(tracks: list[Track], counts: Counter) -> Key | None:
+    """The key a file's pieces carry: the one the file gives, else the estimate; counts which it was."""
+    given = next((t for t in tracks if t.key is not None and t.key_source), None)
+    if given is not None:
+        counts[f"keys from the {given.key_source}"] += 1  # the MIDI key signature, or the score
+        return given.key
+    estimated = estimate_key([n for t in tracks for n in t.notes])
+    counts["keys estimated (none in the file)" if estimated else "keys unknown"] += 1
+    return estimated
 
 
 @functools.cache
@@ -86,7 +121,7 @@ def rotated_profiles() -> tuple[Any, Any]:
     rows, targets = [], []
     for tonic in range(12):
         for profile, target in ((major, 0), (minor, 9)):  # C major / A minor share no sharps or flats
-            rotated = np.roll(profile, tonic)
+            rotated = np.roll(profile, tonic)  # row 2*tonic + (minor): estimate_key reads the key back from it
             centred = rotated - rotated.mean()
             rows.append(centred / np.sqrt((centred**2).sum()))
             targets.append((target - tonic) % 12)
@@ -127,28 +162,78 @@ def split_at_silences(steps: list[GridNote], gap: int) -> list[list[GridNote]]:
     return groups
 
 
-def _from_start(group: list[GridNote]) -> tuple[list[GridNote], int]:
-    """Grid notes → the same notes moved to start at step 0, and their length in steps."""
+def _from_start(group: list[GridNote]) -> tuple[list[GridNote], int, int]:
+    """Grid notes → the same notes moved to start at step 0, their length in steps and the step they began at."""
     first = min(s for s, _, _, _ in group)
-    return [(s - first, e - first, p, v) for s, e, p, v in group], max(e for _, e, _, _ in group) - first
+    return [(s - first, e - first, p, v) for s, e, p, v in group], max(e for _, e, _, _ in group) - first, first
+
+
+def fold_into_range(piece: Piece, low: int, high: int, counts: Counter) -> Piece | None:
+    """A piece in low..high: by whole octaves if it fits (fit_octaves), else the octave that holds the most notes,
+    then each note still outside moved by octaves to the nearest in-range pitch (counted). None only when a
+    range narrower than an octave leaves notes that no octave move brings in."""
+    fitted = fit_octaves(piece, low, high)
+    if fitted is not None:
+        return fitted
+    pitches = [n.pitch for n in piece.notes]
+    best = max(range(-10, 11), key=lambda k: (sum(low <= p + 12 * k <= high for p in pitches), -abs(k)))
+    notes, folded = [], 0
+    for n in piece.notes:
+        pitch = n.pitch + 12 * best
+        while pitch < low:
+            pitch += 12
+        while pitch > high:
+            pitch -= 12
+        if pitch < low:  # the range is narrower than an octave and this pitch class is not in it
+            return None
+        folded += pitch != n.pitch + 12 * best
+        notes.append(replace(n, pitch=pitch))
+    counts["notes moved by an octave into the range (fragment wider than the range)"] += folded
+    key = piece.key.transposed(12 * best) if piece.key else None
+    return replace(piece, notes=notes, key=key)
+
+
+def off_grid(notes: list[Note], spq: int) -> bool:
+    """The documented triplet rule: True when over 10% of the onsets miss the grid of `spq` steps a quarter
+    (by more than a tenth of a step) while at least 90% sit on the three-times finer grid (triplets).
+
+    Performances (onsets on neither grid) are not caught: they are quantized as before.
+    """
+    if not notes:
+        return False
+
+    def on(grid: int) -> float:
+        return sum(abs(n.start * grid - round(n.start * grid)) <= 0.1 for n in notes) / len(notes)
+
+    return on(spq) < 0.9 and on(3 * spq) >= 0.9
+
+
+TRIPLETS = "fragments in triplets (off the grid) skipped: set dataset.steps_per_quarter=12"
 
 
 def melody_pieces(tracks: list[Track], ex: Extraction, counts: Counter) -> list[Piece]:
     """Each non-drum track → one line (monophony rule) → fragments split at long rests, long enough,
-    moved by octaves into the range."""
+    moved by octaves into the range; each keeps its bars (meters) and the file's key."""
     spq = ex.steps_per_quarter
     pieces = []
+    key = piece_key(tracks, counts) if tracks else None
     for track in tracks:
         if not track.notes:
             continue
         counts["tracks read"] += 1
         for group in split_at_silences(grid_line(track.notes, spq, ex.monophony), ex.gap_steps):
             counts["fragments"] += 1
-            line, length = _from_start(group)
+            line, length, first = _from_start(group)
             if length < ex.min_melody_steps:
                 counts[f"fragments shorter than {ex.min_melody_steps} steps"] += 1
                 continue
-            fitted = fit_octaves(line_piece(line, spq, length / spq), ex.min_pitch, ex.max_pitch)
+            origin, stop = first / spq, (first + length) / spq
+            if off_grid([n for n in track.notes if origin - 1e-9 <= n.start < stop], spq):
+                counts[TRIPLETS] += 1
+                continue
+            piece = line_piece(line, spq, length / spq)
+            piece.meters, piece.key, piece.qpm = meters_from(track.meters, origin, stop), key, track.qpm
+            fitted = fold_into_range(piece, ex.min_pitch, ex.max_pitch, counts)
             if fitted is None:
                 counts[f"fragments wider than the range {ex.min_pitch}..{ex.max_pitch}"] += 1
                 continue
@@ -164,18 +249,28 @@ def _in_range(notes: list[Note], ex: Extraction, counts: Counter) -> list[Note]:
 
 
 def roll_pieces(tracks: list[Track], ex: Extraction, counts: Counter) -> list[Piece]:
-    """All non-drum tracks together → segments split at long silences, at least min_melody_steps long."""
+    """All non-drum tracks together → segments split at long silences, at least min_melody_steps long,
+    each with its bars (meters) and the file's key."""
     spq = ex.steps_per_quarter
     counts["tracks read"] += sum(1 for t in tracks if t.notes)
-    steps = sorted(to_steps(_in_range([n for t in tracks for n in t.notes], ex, counts), spq))
+    key = piece_key(tracks, counts) if tracks else None
+    meters, qpm = (tracks[0].meters, tracks[0].qpm) if tracks else ([], None)
+    in_range = _in_range([n for t in tracks for n in t.notes], ex, counts)
+    steps = sorted(to_steps(in_range, spq))
     pieces = []
     for group in split_at_silences(steps, ex.gap_steps):
         counts["fragments"] += 1
-        notes, length = _from_start(group)
+        notes, length, first = _from_start(group)
         if length < ex.min_melody_steps:
             counts[f"fragments shorter than {ex.min_melody_steps} steps"] += 1
             continue
-        pieces.append(Piece([Note(p, s / spq, e / spq, v) for s, e, p, v in notes], length / spq))
+        origin, stop = first / spq, (first + length) / spq
+        if off_grid([n for n in in_range if origin - 1e-9 <= n.start < stop], spq):
+            counts[TRIPLETS] += 1
+            continue
+        piece = Piece([Note(p, s / spq, e / spq, v) for s, e, p, v in notes], length / spq)
+        piece.meters, piece.key, piece.qpm = meters_from(meters, origin, stop), key, qpm
+        pieces.append(piece)
     return pieces
 
 

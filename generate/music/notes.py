@@ -58,11 +58,24 @@ class Key:
 
 @dataclass
 class Track:
-    """One instrument (MIDI) or part (score): its notes in quarters or seconds."""
+    """One instrument (MIDI) or part (score): its notes in quarters or seconds.
+
+    `meters`, `key`, `qpm` and `key_source` are the file's (every track of a file carries the same):
+    extraction hands them on to the pieces it makes.
+    """
 
     notes: list[Note]
     is_drum: bool = False
     name: str = ""
+    meters: list[Meter] = field(default_factory=list)
+    key: Key | None = None
+    qpm: float | None = None
+    key_source: str = ""  # "MIDI key signature", "score" (K: field, key signature) or "" (none: extraction estimates it)
+
+    def transposed(self, semitones: int) -> Track:
+        notes = [replace(n, pitch=n.pitch + semitones) for n in self.notes]
+        key = self.key.transposed(semitones) if self.key else None
+        return replace(self, notes=notes, key=key)
 
 
 @dataclass
@@ -148,3 +161,47 @@ def line_piece(line: list[GridNote], steps_per_quarter: int, duration: float) ->
     """A grid line → a Piece marked as already quantized (see Piece.line_grid)."""
     spq = steps_per_quarter
     return Piece([Note(p, s / spq, e / spq, v) for s, e, p, v in line], duration, QUARTER, spq)
+
+
+# ---------------------------------------------------------------- bars
+
+
+def bar_lines(meters: list[Meter], end: float) -> list[float]:
+    """Every bar line from the first meter's start up to (not including) `end`, meter changes honoured."""
+    lines: list[float] = []
+    for i, meter in enumerate(meters):
+        stop = meters[i + 1].start if i + 1 < len(meters) else end
+        t = meter.start
+        while t < stop - 1e-9 and meter.bar_quarters > 0:
+            lines.append(t)
+            t += meter.bar_quarters
+    return lines
+
+
+def meters_from(meters: list[Meter], origin: float, end: float) -> list[Meter]:
+    """The meters of the stretch origin..end, with times measured from `origin`.
+
+    The first one starts at the first bar line at or after `origin` (what comes before is a pickup);
+    meters that change before `origin` are left out, those after `end` too.
+    """
+    out: list[Meter] = []
+    for i, meter in enumerate(meters):
+        stop = meters[i + 1].start if i + 1 < len(meters) else float("inf")
+        if stop <= origin + 1e-9 or meter.start >= end - 1e-9:
+            continue
+        start = meter.start
+        if start < origin - 1e-9:  # the first bar line of this meter at or after origin
+            bars = -(-(origin - start - 1e-9) // meter.bar_quarters)
+            start += bars * meter.bar_quarters
+        if start < min(stop, end) - 1e-9:
+            out.append(replace(meter, start=start - origin))
+    return out
+
+
+def meter_for_length(quarters: float) -> Meter:
+    """A time signature for a bar of this many quarters (6/8 for 3.0 is not guessed: n/4 when whole, else n/8)."""
+    if abs(quarters - round(quarters)) < 1e-9:
+        return Meter(max(1, round(quarters)), 4)
+    if abs(quarters * 2 - round(quarters * 2)) < 1e-9:
+        return Meter(round(quarters * 2), 8)
+    return Meter(max(1, round(quarters * 4)), 16)

@@ -18,7 +18,7 @@ import numpy as np
 from generate.errors import UserError
 from generate.music.extract import Extraction, key_shift
 from generate.music.midifile import MidiSkip
-from generate.music.notes import Note, Track
+from generate.music.notes import Track
 from generate.music.read import midi_tracks, read_midi, read_scores, score_tracks
 from generate.sources.corpus import Corpus
 from generate.sources.filecache import (
@@ -37,7 +37,7 @@ from generate.sources.store import TokenSplit, npy_writer, token_dtype
 from generate.tokenizers import MUSIC_TOKENIZERS, MusicTokenizer
 
 # Part of every music fingerprint: bump when extraction changes what tokens a file gives.
-EXTRACT_VERSION = 4  # 4: MIDI read with symusic (true skip reasons)
+EXTRACT_VERSION = 5  # 4: MIDI read with symusic (true skip reasons); 5: melodies folded into range, triplet rule
 SPLIT_RULE = 2  # part of every fingerprint too: 2: each file or tune by its own hash fraction (1: hash rank)
 MIDI_SUFFIXES = (".mid", ".midi")
 SCORE_SUFFIXES = (".xml", ".musicxml", ".mxl", ".abc", ".krn")
@@ -72,6 +72,7 @@ def settings_key(cfg: Any) -> str:
         "tokenizer", "steps_per_quarter", "min_pitch", "max_pitch", "monophony", "split_silence_quarters",
         "min_melody_steps", "transpose", "transpose_range", "max_files", "val_fraction", "test_fraction",
     )
+    keys += tuple(k for k in ("metre", "controls") if getattr(cfg, k, None) not in (None, "none", False))
     values = [getattr(cfg, k) for k in keys]
     return f"extract-v{EXTRACT_VERSION}|split-v{SPLIT_RULE}|" + "|".join(f"{k}={getattr(v, 'value', v)}" for k, v in zip(keys, values))
 
@@ -89,6 +90,8 @@ class FileResult:
 
 def _nothing_kept(counts: Counter, ex: Extraction) -> str:
     """The true reason a file with notes gave no piece, from what extraction counted."""
+    if any(k.startswith("fragments in triplets") for k in counts):
+        return f"in triplets (off the grid of {ex.steps_per_quarter} steps a quarter): set dataset.steps_per_quarter=12"
     if any(k.startswith("fragments shorter") for k in counts) and not any(k.startswith("fragments wider") for k in counts):
         return f"nothing at least {ex.min_melody_steps} steps long"
     if any(k.startswith("fragments wider") for k in counts):
@@ -110,7 +113,7 @@ def tokenize_tracks(name: str, tracks: list[Track], tok: MusicTokenizer, ex: Ext
         pitched = chosen or pitched[:1]
     shift = key_shift([n for t in pitched for n in t.notes]) if ex.transpose == "c" else 0
     if shift:
-        pitched = [Track([Note(n.pitch + shift, n.start, n.end, n.velocity) for n in t.notes], False, t.name) for t in pitched]
+        pitched = [t.transposed(shift) for t in pitched]  # key and bars travel with the notes
     pieces = tok.extract(pitched, ex, result.counts)
     for piece in pieces:
         docs = {}

@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 from generate.music.extract import Extraction, melody_pieces
 from generate.music.notes import Note, Piece, Track, grid_line, line_piece
-from generate.tokenizers.music import MusicTokenizer
+from generate.tokenizers.metre import MetreLayer
+from generate.tokenizers.music import MusicTokenizer, metre_settings
 
 
 def to_grid(notes: list[Note], spq: int) -> list[tuple[int, int, int, int]]:
@@ -27,6 +28,10 @@ class MelodyTokenizer(MusicTokenizer):
     - NOTE_OFF with nothing sounding is a rest step; HOLD with nothing sounding (e.g. first) is a rest;
     - an id outside the vocabulary counts as HOLD;
     - a note still sounding at the end lasts to the end of the sequence.
+
+    With `metre` ("bar" or "position") and `controls`, the ids of generate/tokenizers/metre.py follow
+    (bar lines, metre, key and tempo); they take no time, and an older checkpoint's dict (without
+    these fields) gives the tokenizer without them, id for id.
     """
 
     kind: ClassVar[str] = "melody"
@@ -35,14 +40,16 @@ class MelodyTokenizer(MusicTokenizer):
     HOLD: ClassVar[int] = 2
     FIRST_PITCH: ClassVar[int] = 3
 
-    def __init__(self, min_pitch: int = 21, max_pitch: int = 108, steps_per_quarter: int = 4, monophony: str = "highest"):
+    def __init__(self, min_pitch: int = 21, max_pitch: int = 108, steps_per_quarter: int = 4, monophony: str = "highest",
+                 metre: str = "none", controls: bool = False):
         super().__init__(min_pitch, max_pitch)
         self.steps_per_quarter = int(steps_per_quarter)
         self.monophony = str(getattr(monophony, "value", monophony))
+        self.layer = MetreLayer(self.FIRST_PITCH + self.num_pitches, self.steps_per_quarter, str(metre), bool(controls))
 
     @property
     def vocab_size(self) -> int:
-        return self.FIRST_PITCH + self.num_pitches
+        return self.layer.end
 
     def note_on(self, pitch: int) -> int:
         if not self.in_range(pitch):
@@ -64,9 +71,20 @@ class MelodyTokenizer(MusicTokenizer):
             sounding_until = end
         if sounding_until is not None and sounding_until < length:
             tokens[sounding_until] = self.NOTE_OFF
-        return tokens
+        onsets = {t for t, token in enumerate(tokens) if token >= self.FIRST_PITCH}
+        return self.layer.weave(item, [[token] for token in tokens], onsets)
 
     def decode(self, ids: Sequence[int]) -> Piece:
+        ids, meters, key, qpm = self.layer.unweave(ids, lambda token: int(token != self.SEP))
+        piece = self._decode_steps(ids)
+        piece.meters, piece.key, piece.qpm = meters, key, qpm
+        return piece
+
+    def count_time_steps(self, ids: Sequence[int]) -> int:
+        """Grid steps in a document (every id but SEP and the bar/control ids): the NLL per time step divides by it."""
+        return sum(1 for token in ids if int(token) != self.SEP and not self.layer.base <= int(token) < self.layer.end)
+
+    def _decode_steps(self, ids: Sequence[int]) -> Piece:
         spq = self.steps_per_quarter
         notes: list[Note] = []
         step, current = 0, None  # current: (pitch, start step) of the sounding note
@@ -84,7 +102,7 @@ class MelodyTokenizer(MusicTokenizer):
                 continue
             if token == self.NOTE_OFF:
                 close()
-            elif self.FIRST_PITCH <= token < self.vocab_size:
+            elif self.FIRST_PITCH <= token < self.layer.base:
                 close()
                 current = (token - self.FIRST_PITCH + self.min_pitch, step)
             step += 1  # HOLD and unknown ids just let time pass
@@ -104,7 +122,8 @@ class MelodyTokenizer(MusicTokenizer):
 
     @classmethod
     def from_settings(cls, settings: Any) -> MelodyTokenizer:
-        return cls(settings.min_pitch, settings.max_pitch, settings.steps_per_quarter, str(settings.monophony.value))
+        return cls(settings.min_pitch, settings.max_pitch, settings.steps_per_quarter, str(settings.monophony.value),
+                   *metre_settings(settings))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,13 +132,17 @@ class MelodyTokenizer(MusicTokenizer):
             "max_pitch": self.max_pitch,
             "steps_per_quarter": self.steps_per_quarter,
             "monophony": self.monophony,
+            **self.metre_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MelodyTokenizer:
-        return cls(data["min_pitch"], data["max_pitch"], data["steps_per_quarter"], data.get("monophony", "highest"))
+        return cls(data["min_pitch"], data["max_pitch"], data["steps_per_quarter"], data.get("monophony", "highest"),
+                   data.get("metre", "none"), data.get("controls", False))
 
     def token_name(self, token_id: int) -> str:
+        if self.layer.base <= token_id < self.layer.end:
+            return self.layer.name(token_id)
         if token_id == self.SEP:
             return "SEP"
         if token_id == self.NOTE_OFF:

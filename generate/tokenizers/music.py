@@ -8,9 +8,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from generate.errors import UserError
-from generate.music.extract import Extraction
-from generate.music.notes import QUARTER, Note, Piece, Track
+from generate.music.extract import Extraction, fold_into_range, key_shift, piece_key
+from generate.music.notes import QUARTER, Key, Note, Piece, Track, meters_from
 from generate.tokenizers.base import Tokenizer
+from generate.tokenizers.metre import MetreLayer, parse_key, parse_meter
+
+
+def metre_settings(settings: Any) -> tuple[str, bool]:
+    """(metre, controls) from dataset settings; settings without them (older configs) give ("none", False)."""
+    metre = getattr(settings, "metre", "none")
+    return str(getattr(metre, "value", metre)), bool(getattr(settings, "controls", False))
 
 
 class MusicTokenizer(Tokenizer):
@@ -20,6 +27,7 @@ class MusicTokenizer(Tokenizer):
     SEP: ClassVar[int] = 0  # separates pieces; generation starts from it
     unit: ClassVar[str] = QUARTER
     monophonic: ClassVar[bool] = False  # extraction hint: one line per track (a score's `part` picks it)
+    layer: MetreLayer | None = None  # bar and control ids (grid tokenizers set it; see metre.py)
 
     def __init__(self, min_pitch: int = 21, max_pitch: int = 108):
         if not 0 <= min_pitch <= max_pitch <= 127:
@@ -57,16 +65,59 @@ class MusicTokenizer(Tokenizer):
         """Keyword arguments for generate.music.render.write_music: how this kind of music is written."""
         return {"grand_staff": True, "melody": False, "label": self.kind}
 
-    def encode_primer(self, path: str | Path) -> list[int]:
-        """A MIDI file → [separator] + its tokens, refusing files this model cannot continue."""
-        from generate.music.read import read_primer
+    def metre_dict(self) -> dict[str, Any]:
+        """The metre fields for to_dict, only when on: a dict without them rebuilds the tokenizer without them."""
+        if self.layer is None:
+            return {}
+        return {**({"metre": self.layer.metre} if self.layer.metre != "none" else {}),
+                **({"controls": True} if self.layer.controls else {})}
 
-        notes, duration = read_primer(Path(path), self.unit)
-        piece = self.piece_from_notes(notes, duration)
-        outside = sorted({n.pitch for n in piece.notes if not self.in_range(n.pitch)})
-        if outside:
+    @property
+    def has_controls(self) -> bool:
+        return self.layer is not None and self.layer.controls
+
+    def control_ids(self, meter: str | None = None, key: str | Key | None = None) -> list[int]:
+        """The control ids a piece in `meter` and `key` starts with (after SEP), in the order the model reads them:
+        METER then KEY. Refuses (one line) a model trained without control tokens."""
+        if meter is None and key is None:
+            return []
+        if self.layer is None or not self.layer.controls:
+            given = " and ".join(f"{k}=" for k, v in (("meter", meter), ("key", key)) if v is not None)
+            raise UserError(f"{given} needs a model trained with control tokens (dataset.controls=true); this "
+                            f"{self.kind} model has none, so sample without {given}")
+        ids = [self.layer.meter_id(parse_meter(meter)) if meter is not None else None]
+        if key is not None:
+            ids.append(self.layer.key_id(key if isinstance(key, Key) else parse_key(key)))
+        return [i for i in ids if i is not None]
+
+    def primer_piece(self, tracks: list[Track]) -> Piece:
+        """A primer's pitched tracks → the one piece to encode (from its first note on, its bars kept)."""
+        notes = [n for t in tracks for n in t.notes]
+        first = min(n.start for n in notes)
+        notes = [Note(n.pitch, n.start - first, n.end - first, n.velocity) for n in notes]
+        end = max(n.end for n in notes)
+        piece = self.piece_from_notes(notes, end)
+        piece.meters = meters_from(tracks[0].meters, first, first + end) if self.unit == QUARTER else []
+        piece.key, piece.qpm = piece_key(tracks, Counter()), tracks[0].qpm
+        return piece
+
+    def primer_ids(self, path: str | Path, to_c: bool = False) -> tuple[list[int], int]:
+        """A MIDI or score file → ([separator] + its tokens, the semitones it was moved by), through the training
+        pipeline: moved to C major / A minor when the dataset was (`to_c`), moved by octaves into the range,
+        reduced to this tokenization (one line for melodies). Refuses only what no octave move can fit."""
+        from generate.music.read import read_primer_tracks
+
+        tracks = read_primer_tracks(Path(path), self.unit)
+        shift = key_shift([n for t in tracks for n in t.notes]) if to_c else 0
+        tracks = [t.transposed(shift) for t in tracks] if shift else tracks
+        piece = fold_into_range(self.primer_piece(tracks), self.min_pitch, self.max_pitch, Counter())
+        if piece is None:
             raise UserError(
-                f"primer {path} has pitches {outside[:8]} outside this model's range "
-                f"{self.min_pitch}..{self.max_pitch}; transpose the primer into that range"
+                f"primer {path} has pitch classes that no octave brings into this model's range "
+                f"{self.min_pitch}..{self.max_pitch} (narrower than an octave); use a model with a wider range"
             )
-        return [self.SEP] + self.encode(piece)
+        return [self.SEP] + self.encode(piece), shift
+
+    def encode_primer(self, path: str | Path) -> list[int]:
+        """A MIDI (or score) file → [separator] + its tokens (primer_ids without the key move)."""
+        return self.primer_ids(path)[0]

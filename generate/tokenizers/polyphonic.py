@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 from generate.music.extract import Extraction, roll_pieces
 from generate.music.notes import Note, Piece, Track, to_steps
-from generate.tokenizers.music import MusicTokenizer
+from generate.tokenizers.metre import MetreLayer
+from generate.tokenizers.music import MusicTokenizer, metre_settings
 
 
 class PolyphonicTokenizer(MusicTokenizer):
@@ -26,30 +27,41 @@ class PolyphonicTokenizer(MusicTokenizer):
     Decoding rule for any id sequence (it never raises): the pitches since the last STEP form the
     step's set (order and repeats ignored); SEP closes a step that has pitches and takes no time;
     pitches left after the last STEP form a final step; ids outside the vocabulary are ignored.
+
+    With `metre` ("bar" or "position") and `controls`, the ids of generate/tokenizers/metre.py follow
+    (bar lines, metre, key and tempo; a POS goes before each step where a pitch starts); they take no
+    time and are not time steps. An older checkpoint's dict (without these fields) gives the tokenizer
+    without them, id for id.
     """
 
     kind: ClassVar[str] = "polyphonic"
     STEP: ClassVar[int] = 1
     FIRST_PITCH: ClassVar[int] = 2
 
-    def __init__(self, min_pitch: int = 21, max_pitch: int = 108, steps_per_quarter: int = 4):
+    def __init__(self, min_pitch: int = 21, max_pitch: int = 108, steps_per_quarter: int = 4, metre: str = "none",
+                 controls: bool = False):
         super().__init__(min_pitch, max_pitch)
         self.steps_per_quarter = int(steps_per_quarter)
+        self.layer = MetreLayer(self.FIRST_PITCH + self.num_pitches, self.steps_per_quarter, str(metre), bool(controls))
 
     @property
     def vocab_size(self) -> int:
-        return self.FIRST_PITCH + self.num_pitches
+        return self.layer.end
 
     def encode_roll(self, roll: Iterable[Iterable[int]]) -> list[int]:
-        """Time steps, each the MIDI pitches sounding in it → tokens (pitches must be in range)."""
-        tokens: list[int] = []
+        """Time steps, each the MIDI pitches sounding in it → tokens (pitches must be in range; no bars)."""
+        return [token for step in self._roll_steps(roll) for token in step]
+
+    def _roll_steps(self, roll: Iterable[Iterable[int]]) -> list[list[int]]:
+        steps: list[list[int]] = []
         for step in roll:
+            tokens = []
             for pitch in sorted(set(step)):
                 if not self.in_range(pitch):
                     raise ValueError(f"pitch {pitch} is outside {self.min_pitch}..{self.max_pitch}")
                 tokens.append(self.FIRST_PITCH + pitch - self.min_pitch)
-            tokens.append(self.STEP)
-        return tokens
+            steps.append([*tokens, self.STEP])
+        return steps
 
     def to_roll(self, piece: Piece) -> list[set[int]]:
         """A piece in quarter notes → the set of pitches sounding at each grid step."""
@@ -62,9 +74,12 @@ class PolyphonicTokenizer(MusicTokenizer):
         return roll
 
     def encode(self, item: Piece) -> list[int]:
-        return self.encode_roll(self.to_roll(item))
+        roll = self.to_roll(item)
+        onsets = {t for t, pitches in enumerate(roll) if pitches - (roll[t - 1] if t else set())}
+        return self.layer.weave(item, self._roll_steps(roll), onsets)
 
     def decode_roll(self, ids: Sequence[int]) -> list[set[int]]:
+        ids = self.layer.unweave(ids, lambda token: int(token == self.STEP))[0]
         roll: list[set[int]] = []
         pending: set[int] = set()
         for token in ids:
@@ -76,7 +91,7 @@ class PolyphonicTokenizer(MusicTokenizer):
                 if pending:
                     roll.append(pending)
                     pending = set()
-            elif self.FIRST_PITCH <= token < self.vocab_size:
+            elif self.FIRST_PITCH <= token < self.layer.base:
                 pending.add(token - self.FIRST_PITCH + self.min_pitch)
         if pending:
             roll.append(pending)
@@ -84,6 +99,7 @@ class PolyphonicTokenizer(MusicTokenizer):
 
     def decode(self, ids: Sequence[int]) -> Piece:
         roll = self.decode_roll(ids)
+        meters, key, qpm = self.layer.unweave(ids, lambda token: int(token == self.STEP))[1:]
         spq = self.steps_per_quarter
         notes: list[Note] = []
         started: dict[int, int] = {}  # pitch → the step its run began
@@ -92,7 +108,7 @@ class PolyphonicTokenizer(MusicTokenizer):
                 notes.append(Note(pitch, started.pop(pitch) / spq, t / spq))
             for pitch in pitches:
                 started.setdefault(pitch, t)
-        return Piece(notes, len(roll) / spq)
+        return Piece(notes, len(roll) / spq, meters=meters, key=key, qpm=qpm)
 
     def count_time_steps(self, ids: Sequence[int]) -> int:
         """Time steps in a document: one per STEP token (evaluate divides the NLL by this)."""
@@ -103,7 +119,7 @@ class PolyphonicTokenizer(MusicTokenizer):
 
     @classmethod
     def from_settings(cls, settings: Any) -> PolyphonicTokenizer:
-        return cls(settings.min_pitch, settings.max_pitch, settings.steps_per_quarter)
+        return cls(settings.min_pitch, settings.max_pitch, settings.steps_per_quarter, *metre_settings(settings))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,13 +127,17 @@ class PolyphonicTokenizer(MusicTokenizer):
             "min_pitch": self.min_pitch,
             "max_pitch": self.max_pitch,
             "steps_per_quarter": self.steps_per_quarter,
+            **self.metre_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolyphonicTokenizer:
-        return cls(data["min_pitch"], data["max_pitch"], data["steps_per_quarter"])
+        return cls(data["min_pitch"], data["max_pitch"], data["steps_per_quarter"], data.get("metre", "none"),
+                   data.get("controls", False))
 
     def token_name(self, token_id: int) -> str:
+        if self.layer.base <= token_id < self.layer.end:
+            return self.layer.name(token_id)
         if token_id == self.SEP:
             return "SEP"
         if token_id == self.STEP:
