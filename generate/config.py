@@ -353,7 +353,7 @@ def with_settings(obj: T, section: str, settings: dict[str, Any]) -> T:
 def dataset_from_checkpoint(stored: Any, cache_dir: str | None = None) -> DatasetConfig:
     """The DatasetConfig a checkpoint was trained on. Only ${project_root:} is expanded: a stored
     value is never resolved through environment variables or any other interpolation. The cache
-    folder is never the checkpoint's: it is `cache_dir`, else the default (datasets/.cache)."""
+    folder is never the checkpoint's: it is `cache_dir`, else $GENERATE_HOME/cache (./cache)."""
     if not isinstance(stored, dict):
         raise UserError("the checkpoint's config.dataset is not a mapping; it is damaged or foreign")
     names = {f.name for f in dataclasses.fields(DatasetConfig)} - {"cache_dir"}
@@ -367,5 +367,6 @@ def dataset_from_checkpoint(stored: Any, cache_dir: str | None = None) -> Datase
         settings = with_settings(DatasetConfig(), "dataset", values)
     except UserError as err:
         raise UserError(f"the checkpoint's dataset settings are invalid: {err}") from None
-    settings.cache_dir = expand_project_root(DatasetConfig.cache_dir if cache_dir is None else cache_dir)  # type: ignore[assignment]
+    # The schema's default is "${generate_home:}/cache", which only Hydra would resolve: say it here.
+    settings.cache_dir = str(home() / "cache") if cache_dir is None else expand_project_root(cache_dir)  # type: ignore[assignment]
     return settings

@@ -37,3 +37,15 @@ def test_every_recipe_composes_against_the_schema(recipe: str) -> None:
     cfg = compose_config("config", [f"+experiment={recipe}"])
     assert cfg.run_name == recipe  # each recipe trains into its own folder
     assert cfg.train.max_steps > 0 and cfg.model.hidden_size > 0
+
+
+def test_dataset_from_checkpoint_puts_the_cache_under_generate_home(tmp_path, monkeypatch):
+    """A checkpoint's dataset settings get a real cache folder, never the literal "${generate_home:}"."""
+    from generate.config import dataset_from_checkpoint
+
+    monkeypatch.setenv("GENERATE_HOME", str(tmp_path))
+    settings = dataset_from_checkpoint({"name": "bach"})
+    assert settings.cache_dir == str(tmp_path / "cache")
+    monkeypatch.delenv("GENERATE_HOME")
+    assert "${" not in dataset_from_checkpoint({"name": "bach"}).cache_dir
+    assert dataset_from_checkpoint({"name": "bach"}, cache_dir=str(tmp_path / "c")).cache_dir == str(tmp_path / "c")
