@@ -33,6 +33,7 @@ class Tokenizer(ABC):
 
     def learn(self, train: Any) -> None:
         """Take decoding hints from the built corpus's training split (a TokenSplit); most tokenizers need none."""
+        return None
 
     def start_ids(self) -> list[int]:
         """What generation starts from when no prompt is given."""
