@@ -1,6 +1,6 @@
 """A folder of piano(-style) MIDI files from music21's bundled corpus, for measuring the events tokenizer.
 
-    python bench/piano_folder.py OUT_DIR
+    python bench/piano_folder.py OUT_DIR [--minutes M]
 
 Keyboard works (Joplin, Mozart K545, Chopin, C. Schumann, Schoenberg op. 19, C. P. E. Bach, song
 accompaniments) and the string quartets (Beethoven, Mozart, Haydn, R. Schumann), whose four parts span
@@ -10,7 +10,9 @@ the keyboard from cello C2 up, each written to OUT_DIR/<composer>_<work>.mid wit
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +37,10 @@ def corpus_works() -> list[tuple[str, Path]]:
         name = rel.rsplit(".", 1)[0].replace("/", "_")
         if name not in works or path.suffix != ".krn":  # prefer MusicXML when both exist
             works[name] = path
-    return sorted(works.items())
+    return sorted(works.items(), key=lambda item: item[1].stat().st_size)  # small first: a time limit keeps many
 
 
-def write_folder(out: Path) -> int:
+def write_folder(out: Path, minutes: float = 0.0) -> int:
     """Parse each work with music21 and write its notes (ties merged, every part on the piano) with pretty_midi,
     at the score's first metronome mark (else 120 quarters a minute): music21's own MIDI writer expands repeats
     and takes minutes a quartet movement."""
@@ -48,8 +50,11 @@ def write_folder(out: Path) -> int:
     from generate.music.read import score_tracks
 
     out.mkdir(parents=True, exist_ok=True)
-    written = 0
+    written, began = 0, time.monotonic()
     for name, path in corpus_works():
+        if minutes and time.monotonic() - began > minutes * 60:
+            print(f"stopped after {minutes:g} minutes (--minutes); run again to go on")
+            break
         target = out / f"{name}.mid"
         if not target.exists():
             score = converter.parse(str(path))
@@ -68,6 +73,8 @@ def write_folder(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python bench/piano_folder.py OUT_DIR")
-    print(f"{write_folder(Path(sys.argv[1]))} MIDI files in {sys.argv[1]}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--minutes", type=float, default=0.0, help="stop starting new works after this long (0: all)")
+    args = parser.parse_args()
+    print(f"{write_folder(args.out, args.minutes)} MIDI files in {args.out}")

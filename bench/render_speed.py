@@ -48,7 +48,7 @@ def stages(tokens: list[int], folder: Path) -> dict[str, Callable[[], object]]:
         "mid": lambda: render.write_midi(render.to_pretty_midi(piece, QPM), folder / "x.mid"),
         "musicxml": lambda: render.write_musicxml(piece, folder / "x.musicxml", QPM, grand_staff=False),
         "wav": lambda: render.write_wav(pm, folder / "x.wav", seconds, soundfont=None),
-        "png": lambda: render.write_piano_roll(pm, folder / "x.png", "bench"),
+        "png": lambda: render.write_piano_roll(pm, folder / "x.png", "bench", render.bar_and_beat_seconds(piece, QPM)),
     }
 
 

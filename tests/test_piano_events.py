@@ -164,3 +164,31 @@ def test_a_piano_folder_loses_no_notes_to_the_range_by_default(tmp_path: Path) -
                   if not 48 <= n.pitch <= 84)
     assert outside > 4 * 64  # every bass note, the held chord's A0, A1 and C8, the right hand above C6
     assert narrow.stats["counts"]["notes outside the pitch range dropped"] == outside
+
+
+@pytest.mark.slow
+def test_a_sampled_performance_never_outlasts_the_training_notes(tmp_path: Path) -> None:
+    """Done-when of issue 11: a piano-performance model sampled for 60 s has no note longer than the training
+    data's 99.9th-percentile duration (a tiny, briefly trained model: the worst case for stuck notes)."""
+    import generate
+    from generate.cli import run_train
+    from tests.conftest import train_overrides
+
+    folder = tmp_path / "piano"
+    folder.mkdir()
+    for seed in range(8):
+        piano_file(folder / f"piece_{seed}.mid", seed)
+    run_train(compose_config("config", train_overrides(
+        tmp_path, "dataset=midi", f"dataset.path={folder}", "dataset.tokenizer=events", "dataset.num_workers=1")))
+    model = generate.load(tmp_path / "checkpoints" / "midi" / "best.pt")
+    tok = model.tokenizer
+    assert (tok.min_pitch, tok.max_pitch) == (21, 108)
+    # The cap is the training notes' own 99.9th percentile, computed here again from the training split.
+    train_split = model.dataset(cache_dir=str(tmp_path / "cache")).splits["train"]
+    training = note_ticks(np.asarray(train_split.tokens), tok) / 100
+    assert tok.max_duration == pytest.approx(np.ceil(np.percentile(training * 100, 99.9)) / 100)
+    pieces = [s.piece for s in model.sample(length=6000, num_samples=2, seed=3, temperature=1.0)]
+    for piece in pieces:
+        assert piece.duration >= 60.0  # a minute of music at least
+        minute = [n for n in piece.notes if n.start < 60.0]
+        assert minute and max(n.end - n.start for n in minute) <= tok.max_duration + 1e-9
