@@ -196,7 +196,7 @@ def _music21_part(notes: list[Note], name: str, clef: Any, bars: list[Measure], 
     measures_ = [stream.Measure(number=i if pickup else i + 1) for i in range(len(bars))]
     signatures: list[Any] = []
     for i, (measure, b) in enumerate(zip(measures_, bars)):
-        if i == 0 or b.meter != bars[i - 1].meter:
+        if i == 0 or str(b.meter) != str(bars[i - 1].meter):  # a time signature only where the metre changes
             signatures.append(meter.TimeSignature(str(b.meter)))
         else:
             signatures.append(signatures[-1])
