@@ -4,20 +4,24 @@ The token sequences are synthetic but shaped like a melody model's output (a see
 notes of 1-8 sixteenths with rests, the melody tokenizer's grid): rendering cost depends on the
 notes, not on which model produced them. Each stage is timed in CPU time (1 thread), the lengths
 interleaved round after round; the exponent is the least-squares slope of log(median time) over
-log(tokens): 1 is linear, 2 quadratic.
+log(tokens): 1 is linear, 2 quadratic. `--meters` gives the pieces meters (6/8 with a pickup, a change
+every 16 bars) and a key, as metre-aware tokenizers decode them (results: render_speed_meters-*).
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from common import PeakMemory, command_line, interleave, parse_args, spread, write_results
 
 from generate.music import render
+from generate.music.notes import Key, Meter, Piece
 from generate.tokenizers import MelodyTokenizer
 
 QPM = 120.0
@@ -37,10 +41,17 @@ def melody_tokens(length: int, seed: int = 0) -> list[int]:
     return out[:length]
 
 
-def stages(tokens: list[int], folder: Path) -> dict[str, Callable[[], object]]:
+def with_meters(piece: Piece) -> Piece:
+    """The piece in 6/8 with a one-eighth pickup, the meter changing (3/4, 6/8, ...) every 16 bars, in D minor."""
+    changes = [Meter((3, 6)[k % 2], (4, 8)[k % 2], 0.5 + 48.0 * k) for k in range(1, int(piece.duration // 48))]
+    return replace(piece, meters=[Meter(6, 8, 0.5), *changes], key=Key(2, "minor"))
+
+
+def stages(tokens: list[int], folder: Path, meters: bool = False) -> dict[str, Callable[[], object]]:
     """Each output stage of `write_music` as its own call, in the order write_music runs them."""
     tok = MelodyTokenizer()
     piece = render.sensible_register(tok.decode(tokens))
+    piece = with_meters(piece) if meters else piece
     pm = render.to_pretty_midi(piece, QPM)
     seconds = piece.in_seconds(QPM).duration
     return {
@@ -48,7 +59,7 @@ def stages(tokens: list[int], folder: Path) -> dict[str, Callable[[], object]]:
         "mid": lambda: render.write_midi(render.to_pretty_midi(piece, QPM), folder / "x.mid"),
         "musicxml": lambda: render.write_musicxml(piece, folder / "x.musicxml", QPM, grand_staff=False),
         "wav": lambda: render.write_wav(pm, folder / "x.wav", seconds, soundfont=None),
-        "png": lambda: render.write_piano_roll(pm, folder / "x.png", "bench"),
+        "png": lambda: render.write_piano_roll(pm, folder / "x.png", "bench", render.bar_and_beat_seconds(piece, QPM)),
     }
 
 
@@ -58,10 +69,14 @@ def exponent(lengths: list[int], seconds: list[float]) -> float:
 
 
 def main() -> None:
-    args = parse_args(__doc__, lambda p: p.add_argument("--lengths", default="10000,40000,160000"))
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--lengths", default="10000,40000,160000")
+        parser.add_argument("--meters", action="store_true", help="give the pieces meters, a pickup and a key")
+
+    args = parse_args(__doc__, options)
     lengths = [10000, 40000] if args.quick else sorted(int(x) for x in args.lengths.split(","))
     with tempfile.TemporaryDirectory() as tmp:
-        calls = {n: stages(melody_tokens(n), Path(tmp) / str(n)) for n in lengths}
+        calls = {n: stages(melody_tokens(n), Path(tmp) / str(n), args.meters) for n in lengths}
         for n in lengths:
             (Path(tmp) / str(n)).mkdir()
 
@@ -103,7 +118,7 @@ def main() -> None:
                  "s per 1k tokens at the longest": round(total[-1] / lengths[-1] * 1000, 4)})
     flat = max(m["wav peak MiB"] for m in memory) - min(m["wav peak MiB"] for m in memory)
     write_results(
-        "render_speed", command_line(),
+        "render_speed_meters" if args.meters else "render_speed", command_line(),
         {"CPU seconds per stage (median [min-max] over interleaved rounds)": (rows, list(rows[0])),
          "fitted exponent (time ∝ tokens^k)": (fits, list(fits[0])),
          ".wav peak memory (extra resident MiB)": (memory, list(memory[0]))},

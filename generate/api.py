@@ -317,7 +317,8 @@ def _route(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def tokenize(dataset: str = "shakespeare", **settings: Any) -> Corpus:
     """A dataset preset (shakespeare, text, midi, bach, jsb, ...) with `settings` (e.g. path=...) → its Corpus."""
-    config = with_settings(preset("dataset", dataset, DatasetConfig), "dataset", settings)
+    # One merge, so a setting left unset in the preset (the pitch range) follows the tokenizer asked for here.
+    config = with_settings(DatasetConfig(), "dataset", {**preset_values("dataset", dataset), **settings})
     return load_corpus(config)
 
 

@@ -104,6 +104,23 @@ class ExportFormat(str, Enum):
     onnx = "onnx"  # an ONNX step graph + tokenizer JSON, for any ONNX runtime
 
 
+# The pitch range each music tokenizer gets when dataset.min_pitch / max_pitch are unset (null): melodies are
+# moved by octaves into C3..C6 (Magenta's melody_rnn range); piano rolls and performances keep all 88 keys,
+# so a piano folder loses no bass. A value given in a preset, an override or a checkpoint wins.
+TOKENIZER_PITCH_RANGE = {"melody": (48, 84), "polyphonic": (21, 108), "events": (21, 108)}
+FULL_PIANO = (21, 108)
+
+
+def tokenizer_pitch(kind: Any, end: str) -> int:
+    """The lowest (end='min') or highest pitch of tokenizer `kind`'s own range; YAML presets say
+    ${tokenizer_pitch:${.tokenizer},min} so the range follows the tokenizer however it was chosen."""
+    low, high = TOKENIZER_PITCH_RANGE.get(str(getattr(kind, "value", kind)), FULL_PIANO)
+    return low if end == "min" else high
+
+
+OmegaConf.register_new_resolver("tokenizer_pitch", tokenizer_pitch, replace=True)
+
+
 @dataclass
 class DatasetConfig:
     name: str = "shakespeare"  # also the default run_name
@@ -119,8 +136,8 @@ class DatasetConfig:
     # Music settings (used by the melody / polyphonic / events tokenizers; see generate/music/).
     # For source=benchmark, `path` is the .json.gz piano roll under datasets/music/.
     steps_per_quarter: int = 4  # grid of the melody and polyphonic tokenizers
-    min_pitch: int = 21  # pitch range of the vocabulary (MIDI numbers)
-    max_pitch: int = 108  # highest MIDI pitch in the vocabulary
+    min_pitch: int | None = None  # lowest MIDI pitch in the vocabulary; null: the tokenizer's own (TOKENIZER_PITCH_RANGE)
+    max_pitch: int | None = None  # highest MIDI pitch in the vocabulary; null: the tokenizer's own
     monophony: Monophony = Monophony.highest  # melody extraction: which note of a chord wins
     split_silence_quarters: float = 4.0  # split a melody (or roll) at a rest at least this long
     min_melody_steps: int = 16  # drop fragments shorter than this many grid steps
@@ -135,6 +152,10 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         """Every value in its range (generate/ranges.py), checked for the CLI and the API alike."""
+        if str(getattr(self.tokenizer, "value", self.tokenizer)) in TOKENIZER_PITCH_RANGE:
+            # Unset (None) is the music tokenizer's own range; char reads no pitches and keeps None.
+            self.min_pitch = tokenizer_pitch(self.tokenizer, "min") if self.min_pitch is None else self.min_pitch
+            self.max_pitch = tokenizer_pitch(self.tokenizer, "max") if self.max_pitch is None else self.max_pitch
         extra = []
         if _numbers(self, "val_fraction", "test_fraction") and self.val_fraction + self.test_fraction >= 1:
             extra.append(f"dataset.val_fraction + dataset.test_fraction = {self.val_fraction + self.test_fraction:g} "

@@ -43,6 +43,7 @@ def load_corpus(cfg: Any, verbose: bool = True) -> Corpus:
     try:
         corpus = build(cfg, temporary)
         splits = {s: as_split(corpus.splits.get(s, [])) for s in SPLITS}
+        corpus.tokenizer.learn(splits["train"])  # decoding hints kept with the vocabulary (events: the note-length cap)
         save_store(temporary, corpus.tokenizer.to_dict(), corpus.tokenizer.vocab_size, splits, corpus.stats)
         del corpus, splits  # unmap the temporary files before the folder moves
         publish(temporary, cache)

@@ -177,8 +177,9 @@ def assert_same_notes(path: Path) -> int:
         (header(), SkipReason.TRUNCATED),  # promises a track, ends after the header
         ((header() + chunk(NOTE_TRACK))[:25], SkipReason.TRUNCATED),
         (header() + b"MTrk" + struct.pack(">I", 0xFFFFFFFF) + NOTE_TRACK, SkipReason.TRUNCATED),
-        (header(division=0xE828) + chunk(NOTE_TRACK), SkipReason.SMPTE_TIMING),  # -24 fps, 40 ticks a frame
-        (header(division=0xE250) + chunk(NOTE_TRACK), SkipReason.SMPTE_TIMING),  # -30 fps
+        (header(division=0xFF28) + chunk(NOTE_TRACK), SkipReason.SMPTE_TIMING),  # SMPTE at 1 frame/s: no such rate
+        (header(division=0xEE28) + chunk(NOTE_TRACK), SkipReason.SMPTE_TIMING),  # 18 frames/s
+        (header(division=0xE800) + chunk(NOTE_TRACK), SkipReason.CORRUPT),  # 24 frames/s, 0 ticks a frame
         (header(tracks=0), SkipReason.NO_TRACKS),
         (header(tracks=0) + chunk(NOTE_TRACK), SkipReason.NO_TRACKS),  # symusic reads only as many as the header says
         (header(division=0) + chunk(NOTE_TRACK), SkipReason.CORRUPT),
@@ -190,6 +191,25 @@ def test_each_skip_reason(tmp_path: Path, data: bytes, reason: SkipReason) -> No
     with pytest.raises(MidiSkip) as caught:
         read_midi_file(write(tmp_path / "bad.mid", data))
     assert caught.value.reason is reason
+
+
+TEMPO_THEN_NOTE = bytes([0x00, 0xFF, 0x51, 0x03, 0x0F, 0x42, 0x40]) + NOTE_TRACK  # a 60-qpm tempo event, then the note
+
+
+@pytest.mark.parametrize(
+    ("division", "ticks_per_second"),
+    [(0xE828, 24 * 40), (0xE728, 25 * 40), (0xE350, 30000 / 1001 * 80), (0xE250, 30 * 80)],
+)
+def test_smpte_timed_files_are_read_as_time(tmp_path: Path, division: int, ticks_per_second: float) -> None:
+    """SMPTE division (frames a second, ticks a frame) counts time, not beats: the note is 480 ticks long
+    whatever the tempo event says, and quarters are read as half seconds (as scores are)."""
+    content = read_midi_file(write(tmp_path / "smpte.mid", header(division=division) + chunk(TEMPO_THEN_NOTE)))
+    (pitch, start, end, velocity), = notes(content, content.tracks[0], in_seconds=True)
+    assert (pitch, start, velocity) == (60, 0.0, 90)
+    assert end == pytest.approx(480 / ticks_per_second)
+    assert notes(content, content.tracks[0])[0][2] == pytest.approx(480 / ticks_per_second * 2)  # quarters
+    assert content.tempos == [(0.0, 120.0)]
+    assert midi_tracks(content, SECOND)[0].notes[0].end == pytest.approx(480 / ticks_per_second)
 
 
 def test_truncations_of_a_real_file_are_skipped_never_crash(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 DEFAULT_MSPQ = 500_000  # the tempo a file without a tempo event plays at (120 quarters a minute), as the MIDI spec says
+SMPTE_RATES = {24: 24.0, 25: 25.0, 29: 30000 / 1001, 30: 30.0}  # frames a second; "29" is 29.97 drop-frame
+SMPTE_QPM = 120.0  # an SMPTE file counts time, not beats: its quarters are read as half seconds (scores are too)
 HEADER = struct.Struct(">4sIHHH")  # "MThd", header length, format, track count, division
 
 
@@ -21,7 +23,7 @@ class SkipReason(str, Enum):
     NOT_MIDI = "not a MIDI file (no MThd header)"
     TRUNCATED = "truncated MIDI file (ends inside its header or a chunk)"
     CORRUPT = "corrupt MIDI file (has a header, but its data does not parse)"
-    SMPTE_TIMING = "unsupported timing (SMPTE frames per second, not ticks per quarter)"
+    SMPTE_TIMING = "unsupported timing (SMPTE at a frame rate other than 24, 25, 29.97 or 30 frames per second)"
     NO_TRACKS = "MIDI file with no tracks"
 
 
@@ -51,7 +53,7 @@ class MidiTrack:
 class MidiContent:
     """What a MIDI file says, in quarter notes (times of tempos and signatures too)."""
 
-    ticks_per_quarter: int
+    ticks_per_quarter: float  # an SMPTE-timed file's is ticks per half second (see SMPTE_QPM), possibly fractional
     tracks: list[MidiTrack]
     tempos: list[tuple[float, float]]  # (time, quarters per minute); the first is at 0
     time_signatures: list[tuple[float, int, int]]  # (time, numerator, denominator)
@@ -85,12 +87,21 @@ def read_midi_bytes(data: bytes) -> MidiContent:
     from symusic import Score  # imported here so importing this module stays cheap for tools that only list reasons
 
     data, chunk_overrun = check_header(data)
+    smpte = smpte_ticks_per_second(data)
+    if smpte:  # MiniMidi (inside symusic) refuses SMPTE division: hand it the ticks as if per quarter, time them here
+        data = data[:12] + struct.pack(">H", int(HEADER.unpack_from(data)[4] & 0xFF) * (256 - (data[12]))) + data[14:]
     try:
         score = Score.from_midi(data)
     except Exception as err:  # symusic raises RuntimeError/range_error with MiniMidi's message; which one varies
         reason = SkipReason.TRUNCATED if chunk_overrun else SkipReason.CORRUPT
         raise MidiSkip(reason, str(err)) from err
-    return _content(score)
+    return _content(score, smpte)
+
+
+def smpte_ticks_per_second(data: bytes) -> float:
+    """An SMPTE-timed file's ticks a second (frames a second × ticks a frame); 0 for one timed in ticks a quarter."""
+    division = HEADER.unpack_from(data)[4]
+    return SMPTE_RATES[256 - (division >> 8)] * (division & 0xFF) if division & 0x8000 else 0.0
 
 
 def check_header(data: bytes) -> tuple[bytes, bool]:
@@ -111,9 +122,12 @@ def check_header(data: bytes) -> tuple[bytes, bool]:
     if length < 6:
         raise MidiSkip(SkipReason.CORRUPT, f"header length {length}")
     if division & 0x8000:
-        # Frames per second and ticks per frame instead of ticks per quarter: MiniMidi (inside symusic) refuses it.
+        # Frames per second and ticks per frame instead of ticks per quarter: read, as time, at the four real rates.
         fps, per_frame = 256 - (division >> 8), division & 0xFF
-        raise MidiSkip(SkipReason.SMPTE_TIMING, f"{fps} frames/s, {per_frame} ticks/frame")
+        if fps not in SMPTE_RATES:
+            raise MidiSkip(SkipReason.SMPTE_TIMING, f"{fps} frames/s")
+        if per_frame == 0:
+            raise MidiSkip(SkipReason.CORRUPT, f"SMPTE timing with 0 ticks per frame ({fps} frames/s)")
     if division == 0:
         raise MidiSkip(SkipReason.CORRUPT, "0 ticks per quarter")
     if length > 6:
@@ -132,11 +146,15 @@ def check_header(data: bytes) -> tuple[bytes, bool]:
     if not found and not overrun:
         # The header promises tracks but none follows: the file was cut right after its header.
         raise MidiSkip(SkipReason.TRUNCATED, f"the header counts {tracks} tracks, the file has none")
+    # Cut inside a chunk header, or at a chunk boundary before all the tracks the header counts: should the
+    # parse fail, the file stopped short (a file whose header merely overcounts parses, and is read).
+    overrun = overrun or 0 < len(data) - at < 8 or found < tracks
     return data, overrun
 
 
-def _content(score: Any) -> MidiContent:
-    tpq = score.ticks_per_quarter
+def _content(score: Any, smpte: float = 0.0) -> MidiContent:
+    """symusic's Score → MidiContent; `smpte` (ticks a second) times an SMPTE file, whose tempo events mean nothing."""
+    tpq = smpte * 60 / SMPTE_QPM if smpte else score.ticks_per_quarter
     tracks = []
     for track in score.tracks:
         arrays = track.notes.numpy()
@@ -151,7 +169,10 @@ def _content(score: Any) -> MidiContent:
         pitches, velocities = arrays["pitch"][keep], arrays["velocity"][keep]
         tracks.append(MidiTrack(track.name, track.program, track.is_drum, pitches, velocities, starts, ends))
 
-    tempo_ticks, seconds_per_tick, qpm = _tempo_map(score.tempos.numpy(), tpq)
+    if smpte:
+        tempo_ticks, seconds_per_tick, qpm = np.zeros(1, np.int64), np.array([1 / smpte]), np.array([SMPTE_QPM])
+    else:
+        tempo_ticks, seconds_per_tick, qpm = _tempo_map(score.tempos.numpy(), tpq)
     tempo_seconds = np.concatenate(([0.0], np.cumsum(np.diff(tempo_ticks) * seconds_per_tick[:-1])))
     signatures = score.time_signatures.numpy()
     keys = score.key_signatures.numpy()

@@ -31,6 +31,10 @@ class Tokenizer(ABC):
     @abstractmethod
     def from_dict(cls, data: dict[str, Any]) -> Tokenizer: ...
 
+    def learn(self, train: Any) -> None:
+        """Take decoding hints from the built corpus's training split (a TokenSplit); most tokenizers need none."""
+        return None
+
     def start_ids(self) -> list[int]:
         """What generation starts from when no prompt is given."""
         return [0]
