@@ -95,7 +95,9 @@ def _nothing_kept(counts: Counter, ex: Extraction) -> str:
     if any(k.startswith("fragments shorter") for k in counts) and not any(k.startswith("fragments wider") for k in counts):
         return f"nothing at least {ex.min_melody_steps} steps long"
     if any(k.startswith("fragments wider") for k in counts):
-        return f"every fragment too wide for the range {ex.min_pitch}..{ex.max_pitch} (or too short)"
+        short = any(k.startswith("fragments shorter") for k in counts)  # both happened: say both
+        too_short = f", or shorter than {ex.min_melody_steps} steps" if short else ""
+        return f"every fragment too wide for the range {ex.min_pitch}..{ex.max_pitch}{too_short}"
     return f"no notes in the pitch range {ex.min_pitch}..{ex.max_pitch}"
 
 
