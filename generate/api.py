@@ -250,7 +250,8 @@ class Model:
     def dataset(self, dataset_path: str | None = None, cache_dir: str | None = None) -> Corpus:
         """The dataset this model was trained on, tokenized (from the cache when it is there).
 
-        The token cache goes to `cache_dir` (default: datasets/.cache), never where the checkpoint says.
+        The token cache goes to `cache_dir` (default: $GENERATE_HOME/cache, else ./cache), never where the
+        checkpoint says.
         """
         config = self.checkpoint.get("config")
         if not isinstance(config, dict) or "dataset" not in config:
@@ -259,7 +260,8 @@ class Model:
         if dataset_path:
             settings.path = dataset_path
         corpus = load_corpus(settings)
-        if corpus.tokenizer.to_dict() != self.tokenizer.to_dict():
+        # What learn() takes from the data (e.g. the events cap) may be absent from an older checkpoint.
+        if corpus.tokenizer.definition() != self.tokenizer.definition():
             raise UserError(
                 f"the dataset at {settings.path} no longer tokenizes the way this checkpoint was trained; "
                 "evaluate on the data it was trained on (dataset_path=...)"

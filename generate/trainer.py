@@ -140,7 +140,7 @@ class Trainer:
     def read_resume(self) -> dict[str, Any]:
         """last.pt, checked against this run's model and data (rank 0, holding the lock)."""
         ckpt = load_checkpoint(self.last_path)
-        check_training_state(ckpt, self.last_path, self.spec.to_dict(), self.tokenizer.to_dict())
+        check_training_state(ckpt, self.last_path, self.spec.to_dict(), self.tokenizer.to_dict(), self.tokenizer.learned)
         trim_metrics(self.metrics_path, ckpt["step"])
         return ckpt
 

@@ -138,8 +138,12 @@ def check_vocabulary(tokenizer_size: int, spec_size: int) -> None:
 RESUME_KEYS = ("optimizer", "scheduler", "step", "best_val", "data_state", "rng", "hidden", "config")
 
 
-def check_training_state(ckpt: dict[str, Any], path: Path, spec: dict[str, Any], tokenizer: dict[str, Any]) -> None:
+def check_training_state(
+    ckpt: dict[str, Any], path: Path, spec: dict[str, Any], tokenizer: dict[str, Any], learned: tuple[str, ...] = ()
+) -> None:
     """A last.pt holds the training state a resume reads, of the types it reads, for this run's model and data.
+
+    `learned`: tokenizer keys taken from the data (they may be missing from a run saved by an older version).
 
     The contents of each part are checked as they are restored.
     """
@@ -152,7 +156,7 @@ def check_training_state(ckpt: dict[str, Any], path: Path, spec: dict[str, Any],
         )
     if ckpt["model_spec"] != spec:
         raise UserError(f"{path} holds a different model ({ckpt['model_spec']}); resume with the same model.* settings")
-    if ckpt["tokenizer"] != tokenizer:
+    if not isinstance(ckpt["tokenizer"], dict) or _without(ckpt["tokenizer"], learned) != _without(tokenizer, learned):
         raise UserError(f"{path} was trained on a different dataset; resume with the same dataset.* settings")
     problems = []
     if isinstance(ckpt["step"], bool) or not isinstance(ckpt["step"], int) or ckpt["step"] < 0:
@@ -229,3 +233,7 @@ def check_shape(tensor: torch.Tensor | None, shape: tuple[int, ...]) -> None:
     """A carried state is None or a floating-point tensor of exactly `shape`."""
     if tensor is not None and (tuple(tensor.shape) != shape or not tensor.is_floating_point()):
         raise ValueError(f"{tuple(tensor.shape)} {tensor.dtype}, not {shape}")
+
+
+def _without(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in keys}

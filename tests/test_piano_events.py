@@ -97,6 +97,26 @@ def test_a_checkpoint_from_before_the_cap_still_loads() -> None:
     assert tok.to_dict() == old  # the same dict: resuming or comparing with the old checkpoint still agrees
 
 
+def test_an_old_checkpoint_matches_its_rebuilt_dataset_and_resumes(tmp_path: Path) -> None:
+    """A corpus rebuilt today learns the cap; an events run saved before the cap still evaluates and resumes."""
+    from generate.errors import UserError
+    from generate.validate import check_training_state
+
+    old = {"kind": "events", "min_pitch": 21, "max_pitch": 108, "ticks_per_second": 100, "max_shift": 100,
+           "velocity_bins": 32}
+    rebuilt = tokenizer_from_dict({**old, "max_duration": 7.95})
+    assert rebuilt.to_dict() != old and rebuilt.definition() == tokenizer_from_dict(old).definition()
+    import torch
+
+    ckpt = {"tokenizer": old, "model_spec": {"n": 1}, "step": 3, "best_val": 1.0, "scheduler": {},
+            "optimizer": {"state": {}, "param_groups": []}, "config": {"train": {"batch_size": 2, "seq_len": 8}},
+            "rng": [{"torch": torch.get_rng_state()}], "data_state": [{}], "hidden": [None]}
+    check_training_state(ckpt, tmp_path / "last.pt", {"n": 1}, rebuilt.to_dict(), rebuilt.learned)  # resumes
+    other = tokenizer_from_dict({**old, "min_pitch": 48, "max_duration": 7.95})
+    with pytest.raises(UserError, match="different dataset"):
+        check_training_state(ckpt, tmp_path / "last.pt", {"n": 1}, other.to_dict(), other.learned)
+
+
 # ---------------------------------------------------------------- per-tokenizer pitch ranges
 
 

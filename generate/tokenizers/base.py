@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 class Tokenizer(ABC):
     kind: ClassVar[str]  # key in the registry and in the saved dict
     modality: ClassVar[str]  # "text" or "music": decides how samples are written
+    learned: ClassVar[tuple[str, ...]] = ()  # to_dict() keys that learn() fills in from the training split
 
     @property
     @abstractmethod
@@ -30,6 +31,10 @@ class Tokenizer(ABC):
     @classmethod
     @abstractmethod
     def from_dict(cls, data: dict[str, Any]) -> Tokenizer: ...
+
+    def definition(self) -> dict[str, Any]:
+        """to_dict() without what learn() fills in: tokenizers with the same definition encode alike."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.learned}
 
     def learn(self, train: Any) -> None:
         """Take decoding hints from the built corpus's training split (a TokenSplit); most tokenizers need none."""

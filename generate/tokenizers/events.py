@@ -49,6 +49,7 @@ class EventTokenizer(MusicTokenizer):
     """
 
     kind: ClassVar[str] = "events"
+    learned: ClassVar[tuple[str, ...]] = ("max_duration",)  # decoding's cap; encoding never reads it
     unit: ClassVar[str] = SECOND
 
     def __init__(self, min_pitch: int = FULL_PIANO[0], max_pitch: int = FULL_PIANO[1], max_duration: float | None = None):
