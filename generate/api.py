@@ -47,7 +47,8 @@ class MusicSample:
     """A generated piece with the rendering hints of its tokenizer: write it as MIDI, MusicXML, WAV or PNG."""
 
     def __init__(self, piece: Piece, hints: dict[str, Any], qpm: float = 120.0):
-        self.piece, self.hints, self.qpm = piece, hints, qpm
+        # `qpm` is the fallback tempo: a piece that carries its own (piece.qpm) is written at that.
+        self.piece, self.hints, self.qpm = piece, hints, piece.qpm if piece.qpm and piece.qpm > 0 else qpm
 
     def write(self, path_stem: str | Path, *, instrument: str | int | None = None, soundfont: str | None = None) -> list[Path]:
         """path_stem.mid, .musicxml, .wav and a piano-roll .png; returns the paths written.
@@ -158,13 +159,14 @@ class Model:
     def sample(
         self, prompt: str = "", *, primer: str | Path | None = None, temperature: float = 1.0, top_k: int = 0,
         top_p: float = 1.0, length: int = 200, num_samples: int = 1, seed: int | None = None, beam_size: int = 1,
-        qpm: float = 120.0, meter: str | None = None, key: str | None = None,
+        qpm: float | None = None, meter: str | None = None, key: str | None = None,
     ) -> list[TextSample] | list[MusicSample]:
         """Generate `num_samples` continuations of `prompt` (text) or `primer` (a MIDI or score file, music).
 
         `meter` ("6/8") and `key` ("Dm") start music from those control tokens (models trained with
         dataset.controls=true); without them the model chooses. A primer is moved into the training key when
         the dataset was (dataset.transpose=c) and the output moved back to the primer's key.
+        `qpm=None` writes music at the tempo the model chose (its TEMPO control), else 120.
         `seed=None` draws a fresh seed; the same seed and settings give the same samples.
         """
         check_sampling(temperature, top_k, top_p, length, num_samples, beam_size)
@@ -236,10 +238,16 @@ class Model:
                                  num_samples=num_samples, seed=seed, device=self.device, block=block):
             yield [self.tokenizer.decode(row) for row in ids.tolist()]
 
-    def decode(self, rows: list[list[int]], qpm: float = 120.0) -> list[TextSample] | list[MusicSample]:
+    def decode(self, rows: list[list[int]], qpm: float | None = None) -> list[TextSample] | list[MusicSample]:
+        """Token rows → samples. Music is written at `qpm` when given, else at the tempo the piece carries
+        (its TEMPO control), else at 120."""
         if isinstance(self.tokenizer, MusicTokenizer):
             hints = self.tokenizer.render_hints()
-            return [MusicSample(self.tokenizer.decode(ids), hints, qpm) for ids in rows]
+            pieces = [self.tokenizer.decode(ids) for ids in rows]
+            if qpm is not None:  # the caller's tempo wins over the model's
+                for piece in pieces:
+                    piece.qpm = float(qpm)
+            return [MusicSample(piece, hints, 120.0 if qpm is None else qpm) for piece in pieces]
         return [TextSample(self.tokenizer.decode(ids)) for ids in rows]
 
     def score(self, item: str | Piece) -> EvalResult:

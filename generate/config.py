@@ -246,7 +246,7 @@ class SampleConfig(SamplingConfig):
     prompt_file: str | None = None  # read the prompt from this UTF-8 file instead
     primer: str | None = None  # a MIDI file to continue (music models)
     beam_size: int = 1  # > 1: beam search over whole continuations
-    qpm: float = 120.0  # tempo of written music
+    qpm: float | None = None  # tempo of written music (null: the tempo the model chose, else 120)
     out_dir: str = "${generate_home:}/samples"  # where sample_<i>.* files are written
     device: Device = Device.cpu  # cpu, cuda or auto
     quiet: bool = False  # do not print text samples to stdout

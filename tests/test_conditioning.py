@@ -67,3 +67,14 @@ def test_model_without_controls_refuses_in_one_line(tmp_path: Path) -> None:
     assert "meter= and key= needs a model trained with control tokens" in done.stderr
     with pytest.raises(UserError, match="this is a text model"):
         generate.load("shakespeare").sample(meter="6/8")
+
+
+def test_the_callers_tempo_wins_else_the_models(folk_like: tuple[Path, Path]) -> None:
+    """qpm= is obeyed; without it a sample is written at the tempo its TEMPO control chose (else 120)."""
+    ckpt, primer = folk_like
+    model = generate.load(ckpt)
+    told = model.sample(primer=str(primer), length=16, seed=3, qpm=100)[0]
+    assert told.qpm == 100 and told.piece.qpm == 100 and told.to_midi().get_tempo_changes()[1][0] == pytest.approx(100)
+    own = model.sample(primer=str(primer), length=16, seed=3)[0]  # the primer's tempo (the songs' 120) travels
+    assert own.piece.qpm and own.qpm == own.piece.qpm
+    assert own.to_midi().get_tempo_changes()[1][0] == pytest.approx(own.piece.qpm, abs=0.01)
