@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from generate.errors import UserError
-from generate.paths import CONFIG_DIR, PROJECT_ROOT, expand_project_root, home, portable_paths
+from generate.paths import CONFIG_DIR, PROJECT_ROOT, expand_project_root, home, music21_corpus_dir, portable_paths
 from generate.ranges import DATASET, EVALUATE, MODEL, SAMPLING, TRAIN, check, check_plain_name
 
 # ${project_root:} finds the bundled datasets from any working directory; ${generate_home:} is where
@@ -36,13 +36,9 @@ def default_run_name(name: str, path: str | None) -> str:
 OmegaConf.register_new_resolver("default_run_name", default_run_name, replace=True)
 
 
-def music21_corpus(name: str) -> str:
-    """${music21_corpus:ryansMammoth}: a folder of music21's bundled corpus (found without importing music21)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("music21")
-    root = Path(spec.origin).parent if spec and spec.origin else Path("music21")
-    return str(root / "corpus" / name)
+def music21_corpus(name: str = "") -> str:
+    """${music21_corpus:oneills1850}: a folder of music21's bundled corpus (found without importing music21)."""
+    return str(music21_corpus_dir() / name) if name else str(music21_corpus_dir())
 
 
 OmegaConf.register_new_resolver("music21_corpus", music21_corpus, replace=True)

@@ -8,6 +8,7 @@ import pytest
 
 import generate
 from generate.errors import UserError
+from generate.music.analysis import scale_of
 from generate.music.notes import Key
 from tests.conftest import run_cli, train_overrides
 from tests.music_helpers import write_songs
@@ -78,3 +79,12 @@ def test_the_callers_tempo_wins_else_the_models(folk_like: tuple[Path, Path]) ->
     own = model.sample(primer=str(primer), length=16, seed=3)[0]  # the primer's tempo (the songs' 120) travels
     assert own.piece.qpm and own.qpm == own.piece.qpm
     assert own.to_midi().get_tempo_changes()[1][0] == pytest.approx(own.piece.qpm, abs=0.01)
+
+
+def test_the_shipped_folk_model_plays_the_metre_and_key_asked() -> None:
+    model = generate.load("folk")
+    for meter, key in (("6/8", "D"), ("9/8", "G"), ("3/4", "Am")):
+        piece = model.sample(meter=meter, key=key, length=96, seed=5)[0].piece
+        assert str(piece.meters[0]) == meter and str(piece.key) == key and len(piece.notes) > 8
+        scale = scale_of(piece.key)
+        assert sum(n.pitch % 12 in scale for n in piece.notes) >= 0.8 * len(piece.notes)

@@ -49,3 +49,14 @@ def test_dataset_from_checkpoint_puts_the_cache_under_generate_home(tmp_path, mo
     monkeypatch.delenv("GENERATE_HOME")
     assert "${" not in dataset_from_checkpoint({"name": "bach"}).cache_dir
     assert dataset_from_checkpoint({"name": "bach"}, cache_dir=str(tmp_path / "c")).cache_dir == str(tmp_path / "c")
+
+
+def test_music21_corpus_paths_are_stored_portably() -> None:
+    """The folk recipe's data (music21's bundled corpus) is found again wherever music21 is installed."""
+    from generate.config import dataset_from_checkpoint
+
+    plain = to_plain(compose_config("config", ["+experiment=folk"]))
+    assert plain["dataset"]["path"] == "${music21_corpus:}/oneills1850"
+    settings = dataset_from_checkpoint(plain["dataset"])
+    assert settings.path.endswith("/music21/corpus/oneills1850") and "${" not in settings.path
+    assert OmegaConf.create({"p": plain["dataset"]["path"]}).p == settings.path  # Hydra resolves it the same way
