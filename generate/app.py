@@ -127,15 +127,18 @@ def as_named(err: UserError, upload: str | None, name: str) -> UserError:
 
 
 def music_samples(session: Session, path: str, primer: str | None, instrument: str, settings: dict[str, Any],
-                  n: int) -> list[dict[str, Any]]:
+                  n: int, meter: str = "", key: str = "") -> list[dict[str, Any]]:
     """Generate pieces and write each as .mid, .musicxml, .wav and .png with MusicSample.write (as the CLI does).
+
+    `meter` ("6/8") and `key` ("Dm"), when given, start each piece from those control tokens.
 
     Nothing is written until every piece is generated, and a failed write removes its folder: no empty folders.
     """
     audio.program_for(instrument)  # a bad instrument is refused before any generation
     model = session.model(path)
     try:
-        pieces = model.sample(primer=primer, num_samples=n, **settings)
+        pieces = model.sample(primer=primer, num_samples=n, meter=meter.strip() or None, key=key.strip() or None,
+                              **settings)
     except UserError as err:
         raise as_named(err, primer, Path(primer).name if primer else "") from None
     session.out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +179,9 @@ def build(session: Session) -> Any:  # long: one page, laid out top to bottom as
                                  type="filepath", elem_id="primer")
                 instrument = gr.Dropdown(instruments, value="piano", label="instrument", elem_id="instrument",
                                          info="General MIDI: a name or a program 0..127", allow_custom_value=True)
+            with gr.Row():  # models trained with control tokens (dataset.controls=true, e.g. folk); empty: the model picks
+                meter = gr.Textbox(label="meter (optional)", placeholder="6/8", elem_id="meter")
+                key = gr.Textbox(label="key (optional)", placeholder="D or Dm", elem_id="key")
         with gr.Row():
             temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="temperature (0: greedy)", elem_id="temperature")
             top_k = gr.Number(0, label="top-k (0: off)", precision=0, elem_id="top_k")
@@ -208,12 +214,14 @@ def build(session: Session) -> Any:  # long: one page, laid out top to bottom as
             return {**hidden, card: card_markdown(entry), text_inputs: gr.update(visible=not entry["music"]),
                     music_inputs: gr.update(visible=entry["music"])}
 
-        def run(path: str, prompt_: str, primer_: str | None, instrument_: str, temperature_: float, top_k_: Any,
-                top_p_: float, length_: Any, seed_: Any, num_samples_: Any) -> Iterator[dict[Any, Any]]:
+        def run(path: str, prompt_: str, primer_: str | None, instrument_: str, meter_: str, key_: str,
+                temperature_: float, top_k_: Any, top_p_: float, length_: Any, seed_: Any,
+                num_samples_: Any) -> Iterator[dict[Any, Any]]:
             try:
                 settings, n = sampling(temperature_, top_k_, top_p_, length_, seed_), count(num_samples_)
                 if session.entry(path)["music"]:
-                    samples = music_samples(session, path, primer_, instrument_ or "", settings, n)
+                    samples = music_samples(session, path, primer_, instrument_ or "", settings, n, meter_ or "",
+                                            key_ or "")
                     yield {error: gr.update(visible=False), **music_updates(gr, samples, slots, players, rolls,
                                                                              downloads)}
                     return
@@ -225,7 +233,8 @@ def build(session: Session) -> Any:  # long: one page, laid out top to bottom as
                        **{c: gr.update(visible=False) for c in [*texts, *slots]}}
 
         model.change(choose, model, [card, text_inputs, music_inputs, error, *texts, *slots])
-        button.click(run, [model, prompt, primer, instrument, temperature, top_k, top_p, length, seed, num_samples],
+        button.click(run, [model, prompt, primer, instrument, meter, key, temperature, top_k, top_p, length, seed,
+                           num_samples],
                      [error, *texts, *slots, *players, *rolls, *downloads])
     return page
 

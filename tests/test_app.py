@@ -31,6 +31,7 @@ from generate.errors import UserError
 from generate.music import audio
 
 SHAKESPEARE, BACH = str(shipped_models()["shakespeare"]), str(shipped_models()["bach"])
+FOLK = str(shipped_models()["folk"])
 SETTINGS = {"temperature": 0.8, "top_k": 0, "top_p": 1.0, "length": 40, "seed": 7}
 # What the app's subprocess needs so that nothing calls home: no Gradio analytics or version check, no HF telemetry.
 OFFLINE = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -92,6 +93,20 @@ def test_music_writes_every_file_with_the_instrument(session: Session) -> None:
         for kind, magic in (("mid", b"MThd"), ("wav", b"RIFF"), ("png", b"\x89PNG"), ("musicxml", b"<?xml")):
             assert Path(sample[kind]).read_bytes()[: len(magic)] == magic
         assert pretty_midi.PrettyMIDI(sample["mid"]).instruments[0].program == 40
+
+
+def test_meter_and_key_reach_the_score(session: Session) -> None:
+    """The page's meter/key boxes start a controlled model's pieces; a model without controls says why."""
+    import music21
+
+    sample = music_samples(session, FOLK, None, "", {**SETTINGS, "length": 64}, 1, " 6/8", "Em")[0]
+    score = music21.converter.parse(sample["musicxml"])
+    assert score.recurse().getElementsByClass("TimeSignature").first().ratioString == "6/8"
+    key = score.recurse().getElementsByClass("KeySignature").first()  # <fifths>1</fifths><mode>minor</mode>
+    assert (key.sharps, key.mode) == (1, "minor")
+    with pytest.raises(UserError) as caught:
+        music_samples(session, BACH, None, "", SETTINGS, 1, "6/8", "")
+    assert "control tokens" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_bad_input_is_the_cli_line_before_any_work_and_leaves_no_folder(
