@@ -229,7 +229,8 @@ def summary():
         print(f"\nfuzz {what}: {sum(outcomes.values())} cases: {dict(outcomes.most_common())}")
 
 
-@pytest.mark.parametrize("tokenizer", ["melody", "polyphonic", "events"])
+# polyphonic is the slowest (~19 s): it runs in CI and `python -m pytest`, not under -m "not slow"
+@pytest.mark.parametrize("tokenizer", ["melody", pytest.param("polyphonic", marks=pytest.mark.slow), "events"])
 def test_mutated_midi_never_crashes_and_every_bad_file_is_counted(tmp_path_factory, tokenizer: str) -> None:
     root = tmp_path_factory.getbasetemp() / "midi_fuzz"
     folder = root / "files"

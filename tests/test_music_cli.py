@@ -117,6 +117,7 @@ def test_primer_errors(midi_run: tuple[Path, str], tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # ~13 s end to end; the bach run above covers the same CLI path quickly
 def test_jsb_train_sample_evaluate_nll_per_time_step(tmp_path: Path) -> None:
     out = ok(run_cli("train", *train_overrides(tmp_path, "dataset=jsb")))
     assert "sequences train/val/test 229/76/77" in out

@@ -129,7 +129,7 @@ def check_outcome(command: str, code: int, result: object, err: str, run: Path) 
         assert math.isfinite(result.nats_per_token) and result.tokens > 0
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
+@pytest.mark.parametrize("command", ["train", "sample", pytest.param("evaluate", marks=pytest.mark.slow)])  # evaluate: ~13 s
 def test_hostile_settings_get_one_line_or_a_sensible_run(command: str, world, capsys, monkeypatch) -> None:
     watched = (world["root"], PROJECT_ROOT / "datasets" / ".cache", PROJECT_ROOT / "checkpoints")
     exit_codes: list[int] = []
