@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from generate.errors import UserError
+from generate.sources.store import OffsetSequence
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -27,7 +28,7 @@ T = TypeVar("T")
 FileKey = tuple[str, int, int]  # (path relative to the folder, size in bytes, modification time in ns)
 
 
-class Names(Sequence[str]):
+class Names(OffsetSequence):
     """Many strings kept as one blob, each ended by a NUL (never in a path), and their offsets.
 
     ~1 byte a character plus 8 for the offset, where a list of str costs ~60 bytes more a name: a
@@ -39,17 +40,8 @@ class Names(Sequence[str]):
         ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 0) + 1
         self.offsets = np.concatenate(([0], ends)).astype(np.int64)
 
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self.blob[self.offsets[i] : self.offsets[i + 1] - 1].decode("utf-8", "surrogateescape")
+    def _item(self, start: int, end: int) -> str:
+        return self.blob[start : end - 1].decode("utf-8", "surrogateescape")  # without its NUL
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Names):

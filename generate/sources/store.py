@@ -21,7 +21,28 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.int32)
 
 
-class TokenSplit(Sequence):
+class OffsetSequence(Sequence):
+    """Items stored back to back in one buffer: item i spans offsets[i]:offsets[i + 1], made by `_item`."""
+
+    offsets: np.ndarray
+
+    def _item(self, start: int, end: int) -> Any:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._item(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+
+class TokenSplit(OffsetSequence):
     """One split: `tokens` (all documents back to back, possibly a read-only memmap) and `offsets` (n_docs + 1).
 
     Indexing gives a document as a numpy view, never a Python list, so a corpus of any size costs only
@@ -38,17 +59,8 @@ class TokenSplit(Sequence):
         offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
         return cls(np.concatenate(arrays) if arrays else np.zeros(0, dtype), offsets)
 
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+    def _item(self, start: int, end: int) -> np.ndarray:
+        return self.tokens[start:end]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self[i] for i in range(len(self)))
