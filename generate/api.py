@@ -175,21 +175,28 @@ class Model:
         prime, keep, shift = self.start(prompt, primer, meter, key)
         settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "num_samples": num_samples,
                     "seed": seed, "device": self.device}
-        if beam_size > 1:
-            found = beam_search(self.net, prime, length, beam_size, **settings).tolist()
-            rows = [(prime if keep else []) + row for row in found]
-        elif key is not None and meter is None and not primer:
-            rows = self.metre_first_rows(prime, length, settings)
-        else:
-            rows = [(prime if keep else []) + row for row in generate_tokens(self.net, prime, length, **settings).tolist()]
+        rows = self.generate_rows(prime, keep, length, settings, beam_size=beam_size,
+                                  metre_first=key is not None and meter is None and not primer)
         samples = self.decode(rows, qpm)
         if shift:
             for sample in samples:
                 sample.piece = sample.piece.transposed(shift)
         return samples
 
-    def metre_first_rows(self, prime: list[int], length: int, settings: dict[str, Any]) -> list[list[int]]:
-        """key= without meter=: the model draws each sample's METER first (it comes before KEY), then continues."""
+    def generate_rows(self, prime: list[int], keep: bool, length: int, settings: dict[str, Any], *,
+                      beam_size: int = 1, metre_first: bool = False) -> list[list[int]]:
+        """`length` tokens after `prime` per sample (the prime in front when `keep`): beam search when
+        beam_size > 1; with `metre_first` (key= without meter=) the model draws each sample's METER first."""
+        if beam_size > 1:
+            found = beam_search(self.net, prime, length, beam_size, **settings).tolist()
+        elif metre_first:
+            return self._metre_first_rows(prime, length, settings)
+        else:
+            found = generate_tokens(self.net, prime, length, **settings).tolist()
+        return [(prime if keep else []) + row for row in found]
+
+    def _metre_first_rows(self, prime: list[int], length: int, settings: dict[str, Any]) -> list[list[int]]:
+        """key= without meter=: each sample's METER is drawn first (it comes before KEY), then it continues."""
         sep, key_id = prime[0], prime[-1]
         firsts = generate_tokens(self.net, [sep], 1, **settings)[:, 0].tolist()
         rows: list[list[int]] = [[] for _ in firsts]

@@ -115,14 +115,9 @@ def first_piece(tokenizer: Any, row: list[int], skip: int) -> Any:
 def conditioned_pieces(model: Any, sampling: dict[str, Any], meter: str | None = None, key: str | None = None) -> list[Any]:
     """Samples started from the control tokens for `meter` / `key`, each cut at the end of its first piece
     and moved back to the asked key when the model was trained in C/Am."""
-    from generate.decoding import generate_tokens
-
     prime, _, shift = model.start("", None, meter, key)
     settings = {**{k: v for k, v in sampling.items() if k != "length"}, "device": model.device}
-    if key is not None and meter is None:
-        rows = model.metre_first_rows(prime, sampling["length"], settings)
-    else:
-        rows = [prime + r for r in generate_tokens(model.net, prime, sampling["length"], **settings).tolist()]
+    rows = model.generate_rows(prime, True, sampling["length"], settings, metre_first=key is not None and meter is None)
     pieces = [first_piece(model.tokenizer, row, len(prime)) for row in rows]
     return [p.transposed(shift) if shift else p for p in pieces]
 
