@@ -35,6 +35,12 @@ def test_split_is_train_test_val_with_val_last() -> None:
     assert splits["train"] == [ids[:850]]
 
 
+@pytest.mark.parametrize("n", [1001, 1009, 1_115_394])  # 1,115,394: Tiny Shakespeare's length in characters
+def test_val_split_is_exactly_nanogpts_when_a_tenth_is_not_whole(n: int) -> None:
+    ids = list(range(n))
+    assert split_stream(ids, val_fraction=0.1, test_fraction=0.05)["val"] == [ids[int(n * 0.9):]]
+
+
 def test_cache_is_reused_and_rebuilt_when_source_or_settings_change(small_text: Path, tmp_path: Path, monkeypatch) -> None:
     builds = []
     original = sources.SOURCES["text"]

@@ -68,13 +68,17 @@ def fingerprint(cfg: Any) -> str:
     # hash it would cost a second on every start. Any edit changes the size or the time.
     path = _text_path(cfg)
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|char|{cfg.val_fraction}|{cfg.test_fraction}"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|char|{cfg.val_fraction}|{cfg.test_fraction}|split2"
     return hashlib.sha256(key.encode()).hexdigest()
 
 
 def split_bounds(n: int, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
-    """Token ranges of train | test | val, in that order along the stream: val is the last `val_fraction`."""
-    val_start = n - int(n * val_fraction)
+    """Token ranges of train | test | val, in that order along the stream: val is the last `val_fraction`.
+
+    val starts at int(n * (1 - val_fraction)), exactly nanoGPT's `data[int(n*0.9):]` for val_fraction=0.1
+    (n - int(n * 0.1) would start it one character later whenever n * 0.1 is not whole).
+    """
+    val_start = int(n * (1 - val_fraction))
     test_start = val_start - int(n * test_fraction)
     return {"train": (0, test_start), "test": (test_start, val_start), "val": (val_start, n)}
 
