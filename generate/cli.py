@@ -140,7 +140,8 @@ def run_evaluate(cfg: Any) -> Any:
     print(f"checkpoint: {model.path} ({model.origin})")
     split = settings.split.value
     result = model.evaluate(split, batch_size=settings.batch_size, seq_len=settings.seq_len,
-                            dataset_path=settings.dataset_path, cache_dir=settings.cache_dir)
+                            dataset_path=settings.dataset_path, cache_dir=settings.cache_dir,
+                            max_tokens=settings.max_tokens, canonical=settings.canonical)
     line = (
         f"{model.card()['dataset']} {split}: {result.nats_per_token:.4f} nats/token, "
         f"{result.bits_per_token:.4f} bits/token over {result.tokens:,} tokens"
@@ -148,7 +149,27 @@ def run_evaluate(cfg: Any) -> Any:
     if result.nll_per_time_step is not None:
         line += f"; NLL {result.nll_per_time_step:.4f} nats per time step over {result.time_steps:,} steps"
     print(line)
+    if result.first_frames:
+        print(frame_table(result, bool(getattr(model.tokenizer, "canonical_order", False))))
     return result
+
+
+def frame_table(result: Any, has_order: bool) -> str:
+    """The four NLL-per-time-step figures of a polyphonic evaluation, labelled (docs/results.md says which is which)."""
+    def row(label: str, whole: float | None, rest: float | None) -> str:
+        return f"  {label:<24}{'-' if whole is None else f'{whole:.4f}':>20}{'-' if rest is None else f'{rest:.4f}':>36}"
+
+    kept = result.time_steps - result.first_frames
+    lines = [
+        f"{'NLL per time step (nats)':<26}{f'all {result.time_steps:,} steps':>20}"
+        f"{f'first step excluded ({kept:,} steps)':>36}",
+        row("exact", result.nll_per_time_step, result.nll_per_time_step_after_first),
+        row("canonical-renormalized", result.canonical_nll_per_time_step, result.canonical_nll_per_time_step_after_first),
+    ]
+    if result.nll_canonical is None:
+        lines.append("  (canonical-renormalized: " + ("skipped, canonical=false)" if has_order else
+                     "this model's metre or control tokens have no canonical order)"))
+    return "\n".join(lines)
 
 
 def run_export(cfg: Any) -> Path:
