@@ -18,11 +18,13 @@ from generate.tokenizers.music import MusicTokenizer, metre_settings
 class PolyphonicTokenizer(MusicTokenizer):
     """Vocabulary: 0 SEP (between pieces), 1 STEP (end of a time step), then one token per pitch.
 
-    A step with no pitch is a lone STEP (silence). Because every step ends with exactly one STEP
-    and its pitches come in a fixed (ascending) order, the probability the model gives a token
-    sequence is exactly its probability of the sequence of pitch sets, so the summed negative
-    log-likelihood divided by `count_time_steps` is the NLL per time step that the polyphonic
-    music literature reports (Boulanger-Lewandowski et al. 2012).
+    A step with no pitch is a lone STEP (silence). Every step ends with exactly one STEP and its
+    pitches come in one (ascending) order, so each sequence of pitch sets has exactly one token
+    sequence; the summed negative log-likelihood divided by `count_time_steps` is the NLL per time
+    step that the polyphonic music literature reports (Boulanger-Lewandowski et al. 2012). The
+    model also gives some mass to orders that never occur (a pitch below the step's last), so that
+    figure is an upper bound; `canonical_lowest` is the rule evaluation renormalizes over to get
+    the exact NLL of a proper distribution over frames (generate/scoring.py, FrameSums).
 
     Like the benchmark piano rolls, a held note and a repeated note look the same: consecutive
     steps with the same pitch decode as one held note.
