@@ -150,26 +150,8 @@ def run_evaluate(cfg: Any) -> Any:
         line += f"; NLL {result.nll_per_time_step:.4f} nats per time step over {result.time_steps:,} steps"
     print(line)
     if result.first_frames:
-        print(frame_table(result, bool(getattr(model.tokenizer, "canonical_order", False))))
+        print(result.frame_table(bool(getattr(model.tokenizer, "canonical_order", False))))
     return result
-
-
-def frame_table(result: Any, has_order: bool) -> str:
-    """The four NLL-per-time-step figures of a polyphonic evaluation, labelled (docs/results.md says which is which)."""
-    def row(label: str, whole: float | None, rest: float | None) -> str:
-        return f"  {label:<24}{'-' if whole is None else f'{whole:.4f}':>20}{'-' if rest is None else f'{rest:.4f}':>36}"
-
-    kept = result.time_steps - result.first_frames
-    lines = [
-        f"{'NLL per time step (nats)':<26}{f'all {result.time_steps:,} steps':>20}"
-        f"{f'first step excluded ({kept:,} steps)':>36}",
-        row("exact", result.nll_per_time_step, result.nll_per_time_step_after_first),
-        row("canonical-renormalized", result.canonical_nll_per_time_step, result.canonical_nll_per_time_step_after_first),
-    ]
-    if result.nll_canonical is None:
-        lines.append("  (canonical-renormalized: " + ("skipped, canonical=false)" if has_order else
-                     "this model's metre or control tokens have no canonical order)"))
-    return "\n".join(lines)
 
 
 def run_export(cfg: Any) -> Path:

@@ -59,6 +59,25 @@ class EvalResult:
             return None
         return (self.nll_canonical - self.first_frame_nll_canonical) / steps
 
+    def frame_table(self, has_order: bool) -> str:
+        """The four NLL-per-time-step figures, labelled (README, Evaluate, says which is which)."""
+        def row(label: str, whole: float | None, rest: float | None) -> str:
+            cells = ["-" if value is None else f"{value:.4f}" for value in (whole, rest)]
+            return f"  {label:<24}{cells[0]:>20}{cells[1]:>36}"
+
+        kept = self.time_steps - self.first_frames
+        lines = [
+            f"{'NLL per time step (nats)':<26}{f'all {self.time_steps:,} steps':>20}"
+            f"{f'first step excluded ({kept:,} steps)':>36}",
+            row("exact", self.nll_per_time_step, self.nll_per_time_step_after_first),
+            row("canonical-renormalized", self.canonical_nll_per_time_step,
+                self.canonical_nll_per_time_step_after_first),
+        ]
+        if self.nll_canonical is None:
+            lines.append("  (canonical-renormalized: " + ("skipped, canonical=false)" if has_order else
+                         "this model's metre or control tokens have no canonical order)"))
+        return "\n".join(lines)
+
 
 def canonical_allowed(lowest: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
     """(B, T, V) mask of the ids canonical order allows next: STEP, or an id >= `lowest` (the tokenizer's rule)."""
@@ -86,7 +105,7 @@ class FrameSums:
 
     def add(self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
             losses: torch.Tensor) -> None:
-        """One window: (B, T, V) float logits; CPU (B, T) inputs, targets, mask; (B, T) exact losses (logits' device)."""
+        """One window: (B, T, V) float logits; CPU (B, T) inputs, targets, mask; (B, T) exact losses, on device."""
         is_step = (targets == self.tokenizer.STEP) & mask
         steps_before = torch.cumsum(is_step, 1) - is_step.long() + self.seen_step[:, None].long()
         first = (steps_before == 0) & mask
@@ -97,7 +116,8 @@ class FrameSums:
         sums = [(losses * first).sum(dtype=torch.float64)]
         if self.canonical:
             lowest, self.carry = self.tokenizer.canonical_lowest(inputs.numpy(), self.carry)
-            allowed = canonical_allowed(torch.from_numpy(lowest).to(logits.device), self.tokenizer.STEP, logits.shape[-1])
+            lowest = torch.from_numpy(lowest).to(logits.device)
+            allowed = canonical_allowed(lowest, self.tokenizer.STEP, logits.shape[-1])
             log_z = torch.logsumexp(logits.masked_fill(~allowed, -math.inf), -1)  # the renormalizer over allowed ids
             target_logits = logits.gather(-1, targets.to(logits.device)[..., None])[..., 0]
             canonical = torch.where(mask.to(logits.device), log_z - target_logits, 0.0)

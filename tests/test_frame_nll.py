@@ -174,10 +174,23 @@ def test_evaluate_prints_the_four_figures_and_can_be_bounded(jsb_cache: Path, ca
     assert "first step excluded (4,648 steps)" in out
     assert f"exact{full.nll_per_time_step:>39.4f}{full.nll_per_time_step_after_first:>36.4f}" in out
     assert f"canonical-renormalized{full.canonical_nll_per_time_step:>22.4f}" in out
-    bounded = run_evaluate(compose_config("evaluate", [f"checkpoint={JSB_MODEL}", "split=test", f"cache_dir={jsb_cache}",
-                                                       "max_tokens=2000"]))
+    overrides = [f"checkpoint={JSB_MODEL}", "split=test", f"cache_dir={jsb_cache}", "max_tokens=2000"]
+    bounded = run_evaluate(compose_config("evaluate", overrides))
     docs = Model.from_pretrained(JSB_MODEL).dataset(cache_dir=str(jsb_cache)).splits["test"]
     picked = split_for_eval(docs, 64, 2000)
     assert bounded.tokens == sum(map(len, picked)) < full.tokens
     assert bounded.first_frames == len(picked) and bounded.time_steps == sum(tok == STEP for d in picked for tok in d)
     assert bounded.nll_canonical < bounded.nll
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_frame_figures_on_cuda_match_cpu() -> None:
+    tok = PolyphonicTokenizer(60, 66, 1)
+    table = np.random.default_rng(2).normal(0, 2, size=(tok.vocab_size, tok.vocab_size))
+    docs = [tok.encode_roll([{60, 63}, set(), {61, 66}]), tok.encode_roll([{62}, {62, 64, 65}])]
+    cpu = score_documents(TableModel(table), tok, docs, batch_size=2, seq_len=3)
+    cuda = score_documents(TableModel(table).cuda(), tok, docs, batch_size=2, seq_len=3, device="cuda")
+    for field in ("nll", "nll_canonical", "first_frame_nll", "first_frame_nll_canonical"):
+        assert getattr(cuda, field) == pytest.approx(getattr(cpu, field), rel=1e-5), field
+    assert (cuda.first_frames, cuda.first_frame_tokens, cuda.time_steps) == (cpu.first_frames, cpu.first_frame_tokens,
+                                                                             cpu.time_steps)
