@@ -285,17 +285,23 @@ class Model:
 
     def evaluate(
         self, split: str = "test", *, batch_size: int = 64, seq_len: int = 256, dataset_path: str | None = None,
-        cache_dir: str | None = None,
+        cache_dir: str | None = None, max_tokens: int = 0, canonical: bool | None = None,
     ) -> EvalResult:
-        """The loss on a split of the model's own dataset (every token, each document from a fresh state)."""
+        """The loss on a split of the model's own dataset (every token, each document from a fresh state).
+
+        `max_tokens` > 0: a fixed sample of about that many tokens. Polyphonic models also get the NLL per time
+        step with each piece's first step excluded, and the canonical-order NLL (`canonical` None: when the
+        tokenizer has a canonical order; True: required; False: skipped); see EvalResult.
+        """
         split = str(getattr(split, "value", split))
         if split not in SPLITS:
             raise UserError(f"split={split!r} is not one of {', '.join(SPLITS)}")
-        check({"batch_size": batch_size, "seq_len": seq_len}, EVALUATE)
+        check({"batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens}, EVALUATE)
         corpus = self.dataset(dataset_path, cache_dir)
         if not corpus.splits[split]:
             raise UserError(f"the {split} split of this model's dataset is empty")
-        return score_documents(self.net, self.tokenizer, corpus.splits[split], batch_size, seq_len, self.device)
+        return score_documents(self.net, self.tokenizer, corpus.splits[split], batch_size, seq_len, self.device,
+                               max_tokens, canonical)
 
 
 def load(name_or_path: str | Path | None = None, device: str = "cpu") -> Model:

@@ -140,7 +140,8 @@ def run_evaluate(cfg: Any) -> Any:
     print(f"checkpoint: {model.path} ({model.origin})")
     split = settings.split.value
     result = model.evaluate(split, batch_size=settings.batch_size, seq_len=settings.seq_len,
-                            dataset_path=settings.dataset_path, cache_dir=settings.cache_dir)
+                            dataset_path=settings.dataset_path, cache_dir=settings.cache_dir,
+                            max_tokens=settings.max_tokens, canonical=settings.canonical)
     line = (
         f"{model.card()['dataset']} {split}: {result.nats_per_token:.4f} nats/token, "
         f"{result.bits_per_token:.4f} bits/token over {result.tokens:,} tokens"
@@ -148,6 +149,8 @@ def run_evaluate(cfg: Any) -> Any:
     if result.nll_per_time_step is not None:
         line += f"; NLL {result.nll_per_time_step:.4f} nats per time step over {result.time_steps:,} steps"
     print(line)
+    if result.first_frames:
+        print(result.frame_table(bool(getattr(model.tokenizer, "canonical_order", False))))
     return result
 
 

@@ -263,6 +263,8 @@ class EvaluateConfig:
     dataset_path: str | None = None  # read the dataset from here instead (a checkpoint from another machine)
     cache_dir: str | None = None  # where the dataset's token cache goes (default: ./cache, or $GENERATE_HOME/cache)
     threads: int = 1  # torch CPU threads (0 = torch's default); see train.threads
+    max_tokens: int = 0  # score a fixed sample of about this many tokens (0 = the whole split)
+    canonical: bool | None = None  # polyphonic: also the canonical-order NLL (null: when the model has that order)
 
     def __post_init__(self) -> None:
         check(vars(self), EVALUATE)

@@ -88,7 +88,8 @@ SAMPLING = {
     "qpm": Between(0.0, 1000.0, low_open=True, note="(quarter notes per minute)"),
     "threads": Between(0, 1024, note="(0 = torch's default)"),
 }
-EVALUATE = {"batch_size": Between(1, 65536), "seq_len": Between(1, 10**6), "threads": Between(0, 1024)}
+EVALUATE = {"batch_size": Between(1, 65536), "seq_len": Between(1, 10**6), "threads": Between(0, 1024),
+            "max_tokens": Between(0, 10**12, note="(0 = the whole split)")}
 
 
 def range_problems(values: Mapping[str, Any], ranges: Mapping[str, Between], prefix: str = "") -> list[str]:

@@ -7,6 +7,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -22,6 +23,12 @@ class EvalResult:
     nll: float  # summed over scored tokens, nats
     tokens: int
     time_steps: int = 0  # for tokenizers with a notion of time steps (polyphonic music)
+    # Polyphonic music only (see FrameSums): each piece's first time step, and the canonical-order figure.
+    first_frame_nll: float = 0.0  # nats of the tokens up to and including each piece's first STEP
+    first_frame_tokens: int = 0
+    first_frames: int = 0  # pieces whose first step was scored (one time step each)
+    nll_canonical: float | None = None  # renormalized over the tokens canonical order allows (None: not computed)
+    first_frame_nll_canonical: float = 0.0
 
     @property
     def nats_per_token(self) -> float:
@@ -35,6 +42,96 @@ class EvalResult:
     def nll_per_time_step(self) -> float | None:
         return self.nll / self.time_steps if self.time_steps else None
 
+    @property
+    def nll_per_time_step_after_first(self) -> float | None:
+        """Bai et al. 2018's convention: each piece's first time step left out of the sum and of the count."""
+        steps = self.time_steps - self.first_frames
+        return (self.nll - self.first_frame_nll) / steps if self.first_frames and steps > 0 else None
+
+    @property
+    def canonical_nll_per_time_step(self) -> float | None:
+        return self.nll_canonical / self.time_steps if self.time_steps and self.nll_canonical is not None else None
+
+    @property
+    def canonical_nll_per_time_step_after_first(self) -> float | None:
+        steps = self.time_steps - self.first_frames
+        if self.nll_canonical is None or not self.first_frames or steps <= 0:
+            return None
+        return (self.nll_canonical - self.first_frame_nll_canonical) / steps
+
+    def frame_table(self, has_order: bool) -> str:
+        """The four NLL-per-time-step figures, labelled (README, Evaluate, says which is which)."""
+        def row(label: str, whole: float | None, rest: float | None) -> str:
+            cells = ["-" if value is None else f"{value:.4f}" for value in (whole, rest)]
+            return f"  {label:<24}{cells[0]:>20}{cells[1]:>36}"
+
+        kept = self.time_steps - self.first_frames
+        lines = [
+            f"{'NLL per time step (nats)':<26}{f'all {self.time_steps:,} steps':>20}"
+            f"{f'first step excluded ({kept:,} steps)':>36}",
+            row("exact", self.nll_per_time_step, self.nll_per_time_step_after_first),
+            row("canonical-renormalized", self.canonical_nll_per_time_step,
+                self.canonical_nll_per_time_step_after_first),
+        ]
+        if self.nll_canonical is None:
+            lines.append("  (canonical-renormalized: " + ("skipped, canonical=false)" if has_order else
+                         "this model's metre or control tokens have no canonical order)"))
+        return "\n".join(lines)
+
+
+def canonical_allowed(lowest: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
+    """(B, T, V) mask of the ids canonical order allows next: STEP, or an id >= `lowest` (the tokenizer's rule)."""
+    ids = torch.arange(vocab_size, device=lowest.device)
+    return (ids == step) | (ids >= lowest[..., None])
+
+
+class FrameSums:
+    """The per-time-step figures of polyphonic music, summed window by window over one batch of pieces.
+
+    First frame: the targets up to and including a piece's first STEP (Bai et al. 2018 leave that step out).
+    Canonical: at each position the softmax is renormalized over the tokens that may come next in canonical
+    order (the tokenizer's canonical_lowest: STEP or a higher pitch than the step's last; never SEP, as the
+    figure conditions on the piece going on, like the papers' fixed-length sequences). That is a proper
+    distribution over frames, so its NLL is exact; the plain NLL also pays for the mass the model puts on
+    orders that never occur, so it is an upper bound, and canonical <= plain at every position.
+    """
+
+    def __init__(self, tokenizer: Any, canonical: bool, rows: int) -> None:
+        self.tokenizer, self.canonical = tokenizer, canonical
+        self.seen_step = torch.zeros(rows, dtype=torch.bool)  # a row's first STEP has been scored
+        self.carry = None  # canonical_lowest's state between windows
+        self.sums = torch.zeros(3, dtype=torch.float64)  # first-frame nll, canonical nll, first-frame canonical nll
+        self.first_tokens = self.first_frames = 0
+
+    def add(self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+            losses: torch.Tensor) -> None:
+        """One window: (B, T, V) float logits; CPU (B, T) inputs, targets, mask; (B, T) exact losses, on device."""
+        is_step = (targets == self.tokenizer.STEP) & mask
+        steps_before = torch.cumsum(is_step, 1) - is_step.long() + self.seen_step[:, None].long()
+        first = (steps_before == 0) & mask
+        self.seen_step |= is_step.any(1)
+        self.first_frames += int((is_step & first).sum())
+        self.first_tokens += int(first.sum())
+        first = first.to(losses.device)
+        sums = [(losses * first).sum(dtype=torch.float64)]
+        if self.canonical:
+            lowest, self.carry = self.tokenizer.canonical_lowest(inputs.numpy(), self.carry)
+            lowest = torch.from_numpy(lowest).to(logits.device)
+            allowed = canonical_allowed(lowest, self.tokenizer.STEP, logits.shape[-1])
+            log_z = torch.logsumexp(logits.masked_fill(~allowed, -math.inf), -1)  # the renormalizer over allowed ids
+            target_logits = logits.gather(-1, targets.to(logits.device)[..., None])[..., 0]
+            canonical = torch.where(mask.to(logits.device), log_z - target_logits, 0.0)
+            sums += [canonical.sum(dtype=torch.float64), (canonical * first).sum(dtype=torch.float64)]
+        self.sums[: len(sums)] += torch.stack(sums).cpu()
+
+    def into(self, result: EvalResult) -> None:
+        result.first_frame_nll += float(self.sums[0])
+        result.first_frame_tokens += self.first_tokens
+        result.first_frames += self.first_frames
+        if self.canonical:
+            result.nll_canonical = (result.nll_canonical or 0.0) + float(self.sums[1])
+            result.first_frame_nll_canonical += float(self.sums[2])
+
 
 @torch.no_grad()
 def evaluate_loss(
@@ -46,8 +143,14 @@ def evaluate_loss(
     device: torch.device,
     autocast: Any = None,
     progress: str = "",
+    frames: Any = None,
+    canonical: bool = False,
 ) -> EvalResult:
-    """Sum the cross-entropy over every token of `docs` (each from a fresh hidden state); a bar when `progress` names one."""
+    """Sum the cross-entropy over every token of `docs` (each from a fresh hidden state); a bar when `progress` names one.
+
+    With `frames` (a polyphonic tokenizer) also each piece's first-time-step share and, with `canonical`, the
+    canonical-order NLL (FrameSums).
+    """
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -55,36 +158,54 @@ def evaluate_loss(
     scored_total = sum(len(d) for d in docs) - (len(docs) if separator is None else 0)  # the first token is context
     bar = tqdm(total=scored_total, desc=progress, unit="tok", unit_scale=True, disable=not progress,
                dynamic_ncols=True)
+    result = EvalResult(0.0, 0)
     for windows in eval_batches(docs, batch_size, seq_len, separator):
-        hidden = None
+        hidden, sums = None, None
         for inputs, targets, mask, _ in windows:
-            inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
+            inputs_d, targets_d = inputs.to(device), targets.to(device)
             with autocast or nullcontext():
-                logits, hidden = model(inputs, hidden)  # (B, T, V)
-            losses = torch.nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), targets.flatten(), reduction="none"
-            )
-            total += (losses * mask.flatten()).sum(dtype=torch.float64)
+                logits, hidden = model(inputs_d, hidden)  # (B, T, V)
+            logits = logits.float()
+            losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets_d.flatten(), reduction="none")
+            losses = losses.view_as(targets_d) * mask.to(device)
+            total += losses.sum(dtype=torch.float64)
+            if frames is not None:
+                sums = sums or FrameSums(frames, canonical, len(inputs))
+                sums.add(logits, inputs, targets, mask, losses)
             scored = int(mask.sum())
             count += scored
             bar.update(scored)
+        if sums is not None:
+            sums.into(result)
     bar.close()
     model.train(was_training)
-    return EvalResult(float(total), count)
+    result.nll, result.tokens = float(total), count
+    return result
 
 
 def score_documents(
     model: torch.nn.Module, tokenizer: Tokenizer, docs: list[list[int]], batch_size: int = 64, seq_len: int = 256,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", max_tokens: int = 0, canonical: bool | None = None,
 ) -> EvalResult:
-    """Score whole documents of one split (a text stream is cut into `batch_size` chunks scored in parallel)."""
-    chunks = split_for_eval(docs, batch_size)
+    """Score whole documents of one split (a text stream is cut into `batch_size` chunks scored in parallel).
+
+    `max_tokens` > 0 scores a fixed sample of about that many tokens (split_for_eval). Polyphonic music also gets
+    the first-frame-excluded and canonical-order figures; `canonical` None: when the tokenizer has canonical order.
+    """
+    chunks = split_for_eval(docs, batch_size, max_tokens)
     if not chunks:
         raise UserError("there is nothing to score: the split is empty")
+    frames = tokenizer if hasattr(tokenizer, "canonical_lowest") else None  # polyphonic: steps end with STEP
+    order = bool(getattr(tokenizer, "canonical_order", False))
+    if canonical and not order:
+        if frames is None:
+            raise UserError(f"canonical=true is for polyphonic models; this one has {tokenizer.kind} tokens")
+        frames.canonical_lowest(np.zeros((1, 1), dtype=np.int64))  # raises the UserError that says why
     total = sum(len(c) for c in chunks)
     result = evaluate_loss(model, chunks, tokenizer.separator_id(), batch_size, seq_len, torch.device(device),
-                           progress="scoring" if total >= BAR_TOKENS else "")
+                           progress="scoring" if total >= BAR_TOKENS else "", frames=frames,
+                           canonical=order if canonical is None else canonical)
     count_steps = getattr(tokenizer, "count_time_steps", None)  # only tokenizers with time steps have it
     if count_steps is not None:
-        result.time_steps = sum(count_steps(doc) for doc in docs)
+        result.time_steps = sum(count_steps(chunk) for chunk in chunks)  # what was scored (all of it, unbounded)
     return result

@@ -316,10 +316,15 @@ def build_scores(cfg: Any, workdir: Path | None = None) -> Corpus:
 
 
 def bach_chorales(max_files: int) -> list[tuple[str, str]]:
-    """(name, path) of the Bach chorales in music21's bundled corpus (Riemenschneider order)."""
+    """(name, path) of each distinct Bach chorale file in music21's bundled corpus, once (Riemenschneider order).
+
+    music21's iterator yields some files more than once (bwv36.4-2 three times, 19 others twice: 371 names
+    for 350 files); splits go by name, so a repeat never leaked across splits, but it counted that chorale twice.
+    """
     from music21 import corpus
 
-    items = []
+    items: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for name in corpus.chorales.Iterator(returnType="filename"):
         found = corpus.getWork(name)
         # A short name can match several files (bwv245.3 also finds bwv245.37); keep the exact one.
@@ -327,6 +332,9 @@ def bach_chorales(max_files: int) -> list[tuple[str, str]]:
         stem = name.split("/")[-1]
         exact = [p for p in candidates if p.stem == stem] or candidates
         chosen = sorted(exact, key=lambda p: p.suffix != ".mxl")[0]
+        if str(chosen) in seen:
+            continue
+        seen.add(str(chosen))
         items.append((chosen.name, str(chosen)))
         if 0 < max_files <= len(items):
             break
@@ -337,7 +345,8 @@ def bach_fingerprint(cfg: Any) -> str:
     import music21
 
     names = [name for name, _ in bach_chorales(cfg.max_files)]
-    return hashlib.sha256(f"music21 {music21.__version__}|{settings_key(cfg)}|{names}".encode()).hexdigest()
+    # "distinct": the listing without music21's repeats (older caches listed 371 and rebuild).
+    return hashlib.sha256(f"music21 {music21.__version__}|distinct|{settings_key(cfg)}|{names}".encode()).hexdigest()
 
 
 def build_bach(cfg: Any, workdir: Path | None = None) -> Corpus:

@@ -6,6 +6,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
+
+from generate.errors import UserError
 from generate.music.extract import Extraction, roll_pieces
 from generate.music.notes import Note, Piece, Track, to_steps
 from generate.tokenizers.metre import MetreLayer
@@ -15,11 +18,13 @@ from generate.tokenizers.music import MusicTokenizer, metre_settings
 class PolyphonicTokenizer(MusicTokenizer):
     """Vocabulary: 0 SEP (between pieces), 1 STEP (end of a time step), then one token per pitch.
 
-    A step with no pitch is a lone STEP (silence). Because every step ends with exactly one STEP
-    and its pitches come in a fixed (ascending) order, the probability the model gives a token
-    sequence is exactly its probability of the sequence of pitch sets, so the summed negative
-    log-likelihood divided by `count_time_steps` is the NLL per time step that the polyphonic
-    music literature reports (Boulanger-Lewandowski et al. 2012).
+    A step with no pitch is a lone STEP (silence). Every step ends with exactly one STEP and its
+    pitches come in one (ascending) order, so each sequence of pitch sets has exactly one token
+    sequence; the summed negative log-likelihood divided by `count_time_steps` is the NLL per time
+    step that the polyphonic music literature reports (Boulanger-Lewandowski et al. 2012). The
+    model also gives some mass to orders that never occur (a pitch below the step's last), so that
+    figure is an upper bound; `canonical_lowest` is the rule evaluation renormalizes over to get
+    the exact NLL of a proper distribution over frames (generate/scoring.py, FrameSums).
 
     Like the benchmark piano rolls, a held note and a repeated note look the same: consecutive
     steps with the same pitch decode as one held note.
@@ -113,6 +118,35 @@ class PolyphonicTokenizer(MusicTokenizer):
     def count_time_steps(self, ids: Sequence[int]) -> int:
         """Time steps in a document: one per STEP token (evaluate divides the NLL by this)."""
         return sum(1 for token in ids if int(token) == self.STEP)
+
+    @property
+    def canonical_order(self) -> bool:
+        """Whether canonical_lowest applies: without metre and control tokens every id is SEP, STEP or a pitch."""
+        return self.layer.base == self.layer.end
+
+    def canonical_lowest(self, context: np.ndarray, carry: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The grammar of canonical order: after each position of `context` (B, T ids), the next token is STEP or a
+        pitch id >= the returned lowest (B, T); SEP never, as evaluation conditions on the piece going on.
+
+        Within a step pitches ascend, so the lowest is one above the last pitch since the last STEP or SEP (the
+        first pitch id when there is none): a running maximum that restarts at each STEP. `carry` (B,) is that
+        lowest entering the window (None: a fresh piece); the second value is it leaving, for the next window.
+        """
+        if not self.canonical_order:
+            raise UserError(
+                f"canonical-order scoring needs a polyphonic model without metre or control tokens (this one has "
+                f"metre={self.layer.metre}, controls={self.layer.controls}); evaluate it with canonical=false"
+            )
+        ids = np.asarray(context, dtype=np.int64)
+        rows = ids.shape[0]
+        start = np.full((rows, 1), self.FIRST_PITCH, dtype=np.int64) if carry is None else np.reshape(carry, (rows, 1))
+        is_pitch = ids >= self.FIRST_PITCH
+        values = np.concatenate([start, np.where(is_pitch, ids + 1, self.FIRST_PITCH)], axis=1)
+        # Offsetting each step's values by (steps so far) * span makes one running maximum restart at every STEP.
+        segment = np.concatenate([np.zeros((rows, 1), dtype=np.int64), np.cumsum(~is_pitch, axis=1)], axis=1)
+        span = self.vocab_size + 1
+        lowest = np.maximum.accumulate(values + segment * span, axis=1) - segment * span
+        return lowest[:, 1:], lowest[:, -1].copy()
 
     def extract(self, tracks: list[Track], ex: Extraction, counts: Counter) -> list[Piece]:
         return roll_pieces(tracks, ex, counts)
