@@ -12,6 +12,10 @@
  *   reset_after = 1 (nn.GRU form): w_hh^T (H x 3H), then b_hn (H)
  *   reset_after = 0 (seed form):   w_hh[r,z]^T (H x 2H), then w_hh[n]^T (H x H)
  * then head^T (H x V) and the head bias (V).
+ *
+ * zoneout p (generate/regularize.py) is sampled as its expectation, a rescaled update gate:
+ * reset_after: z' = p + (1 - p) z; seed form: z' = (1 - p) z. p = 0 leaves z as it is.
+ * Layer-normalized models never come here (generate/decoding.py samples them with PyTorch).
  */
 #include <stdint.h>
 #include <string.h>
@@ -116,13 +120,13 @@ static inline float sigmoid_(float x) { return 1.0f / (1.0f + exp_(-x)); }
 static inline float tanh_(float x) { return 2.0f / (1.0f + exp_(-2.0f * x)) - 1.0f; }
 
 /* One layer's gates from gi (input part, biases folded) and gh: the state h (batch x H) updated in place. */
-static void gates_after(int64_t batch, int64_t H, float *gi, const float *gh, float *h)
+static void gates_after(int64_t batch, int64_t H, float *gi, const float *gh, float *h, float keep)
 {
     for (int64_t b = 0; b < batch; b++) {
         float *g = gi + b * 3 * H, *hb = h + b * H;
         const float *u = gh + b * 3 * H;
         for (int64_t j = 0; j < H; j++) {
-            float r = sigmoid_(g[j] + u[j]), z = sigmoid_(g[H + j] + u[H + j]);
+            float r = sigmoid_(g[j] + u[j]), z = keep + (1.0f - keep) * sigmoid_(g[H + j] + u[H + j]);
             float n = tanh_(g[2 * H + j] + r * u[2 * H + j]);  /* reset after the product */
             hb[j] = n + z * (hb[j] - n);
         }
@@ -130,7 +134,7 @@ static void gates_after(int64_t batch, int64_t H, float *gi, const float *gh, fl
 }
 
 /* Layer `layer`'s step: x (batch x I) is the layer below's new state (unused at layer 0: gi holds the lookup). */
-static const float *layer_step(int64_t batch, int64_t H, int reset_after, int layer, const float *p,
+static const float *layer_step(int64_t batch, int64_t H, int reset_after, float keep, int layer, const float *p,
                                const float *x, float *h, float *gi, float *gh, float *rh)
 {
     const float *bias = p;
@@ -144,7 +148,7 @@ static const float *layer_step(int64_t batch, int64_t H, int reset_after, int la
         memset(gh, 0, sizeof(float) * 2 * H);  /* bias row: [0, 0, b_hn], read with stride 0 */
         memcpy(gh + 2 * H, b_hn, sizeof(float) * H);
         matmul(batch, H, 3 * H, h, H, w, gh, 0, gh + 3 * H, 3 * H);  /* gh row 0 is the bias: results from row 1 */
-        gates_after(batch, H, gi, gh + 3 * H, h);
+        gates_after(batch, H, gi, gh + 3 * H, h, keep);
         return p + 3 * H * H + H;
     }
     const float *w_rz = p, *w_n = p + 2 * H * H;
@@ -159,7 +163,7 @@ static const float *layer_step(int64_t batch, int64_t H, int reset_after, int la
         const float *g = gh + b * 3 * H;
         for (int64_t j = 0; j < H; j++) {
             float cand = tanh_(g[2 * H + j]);
-            hb[j] = hb[j] + g[H + j] * (cand - hb[j]);
+            hb[j] = hb[j] + (1.0f - keep) * g[H + j] * (cand - hb[j]);
         }
     }
     return p + 3 * H * H;
@@ -170,7 +174,7 @@ static const float *layer_step(int64_t batch, int64_t H, int reset_after, int la
  * batch x V): Gumbel noise, the draw is argmax(logits * inv_temperature + noise); NULL: greedy argmax.
  * logits_out (steps x batch x V), when not NULL, receives every step's logits (for tests).
  * work: batch * (7H + V) + 3H floats. Returns 0. */
-int gru_sample(int64_t layers, int64_t H, int64_t V, int64_t batch, int reset_after, const float *table,
+int gru_sample(int64_t layers, int64_t H, int64_t V, int64_t batch, int reset_after, float zoneout, const float *table,
                const float *params, float *state, float *work, const int64_t *prev, int64_t steps,
                const float *noise, float inv_temperature, int64_t *tokens, float *logits_out)
 {
@@ -182,7 +186,7 @@ int gru_sample(int64_t layers, int64_t H, int64_t V, int64_t batch, int reset_af
         const float *p = params, *x = NULL;
         for (int l = 0; l < layers; l++) {
             float *h = state + l * batch * H;
-            p = layer_step(batch, H, reset_after, l, p, x, h, gi, gh, rh);
+            p = layer_step(batch, H, reset_after, zoneout, l, p, x, h, gi, gh, rh);
             x = h;
         }
         matmul(batch, H, V, x, H, p, p + H * V, 0, logits, V);

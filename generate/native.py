@@ -103,7 +103,7 @@ def _compile(command: list[str], flags: list[str], path: Path) -> None:
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.gru_sample.argtypes = [i64, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr, ptr, ptr, i64, ptr, ctypes.c_float,
+    lib.gru_sample.argtypes = [i64, i64, i64, i64, ctypes.c_int, ctypes.c_float, ptr, ptr, ptr, ptr, ptr, i64, ptr, ctypes.c_float,
                                ptr, ptr]
     lib.gru_sample.restype = ctypes.c_int
     lib.gru_panel_width.restype = i64
@@ -166,7 +166,7 @@ class NativeSampler:
                 raise ValueError(f"{name}: expected a contiguous CPU {dtype} tensor of shape {shape}, "
                                  f"got {t.dtype} {tuple(t.shape)}")
         self.lib.gru_sample(
-            self.layers, self.hidden_size, self.vocab, self.batch, int(self.stepper.reset_after),
+            self.layers, self.hidden_size, self.vocab, self.batch, int(self.stepper.reset_after), self.stepper.zoneout,
             self.table.data_ptr(), self.params.data_ptr(), self.stepper.hidden.data_ptr(), self.work.data_ptr(),
             prev.data_ptr(), steps, None if noise is None else noise.data_ptr(),
             0.0 if noise is None else 1.0 / temperature, out.data_ptr(), None if logits is None else logits.data_ptr(),
