@@ -292,3 +292,22 @@ def test_training_with_every_regularizer_saves_and_loads(small_text: Path, tmp_p
     loaded = generate.load(Path(summary.run_dir) / "last.pt")
     (text,) = loaded.sample(length=20, seed=1)
     assert len(text) == 20 and text == loaded.sample(length=20, seed=1)[0]  # eval mode: no masks, reproducible
+    assert len(loaded.sample(length=10, beam_size=3)[0]) == 10  # beam search steps the model's own forward
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_every_regularizer_trains_and_samples_on_each_device(device: str) -> None:
+    # CUDA: bf16 autocast as the trainer runs it; the regularized model never takes nn.GRU (cuDNN) there.
+    model = tiny(**ALL_ON).to(device).train()
+    tokens = torch.randint(0, 13, (3, 70), device=device)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        logits, hidden = model(tokens)
+    logits.float().sum().backward()
+    assert hidden.dtype == torch.float32
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0, name
+    model.eval()
+    with torch.no_grad():
+        expected = model(tokens[:, :12])[0]
+    torch.testing.assert_close(sample_logits(model, tokens[:, :12], use_native=False), expected, rtol=0, atol=1e-5)

@@ -1,0 +1,108 @@
+"""What each regularizer costs: training tokens/s (64 x 64 batches, 2 x 512), evaluation and batch-1 sampling tokens/s.
+
+Every variant is the default small model (128-wide embedding, 2 x 512 GRU, reset-after form, a 65-token
+vocabulary as tiny Shakespeare's) with one regularizer on, or all of them; all variants of a table run
+in the same interleaved rounds, so their ratios to the baseline are what to read (the machine is shared).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from common import bare_loop, clock, command_line, interleave, median, parse_args, spread, write_results
+
+from generate.model import GRULanguageModel, ModelSpec
+
+BATCH, SEQ, EMBED, HIDDEN, LAYERS, VOCAB = 64, 64, 128, 512, 2, 65
+SETTINGS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "embedding_dropout=0.1": {"embedding_dropout": 0.1},
+    "variational_dropout": {"variational_dropout": True},
+    "weight_drop=0.2": {"weight_drop": 0.2},
+    "zoneout=0.1": {"zoneout": 0.1},
+    "layer_norm": {"layer_norm": True},
+    "all five": {"embedding_dropout": 0.1, "variational_dropout": True, "weight_drop": 0.2, "zoneout": 0.1,
+                 "layer_norm": True},
+}
+
+
+def model_with(settings: dict[str, Any]) -> GRULanguageModel:
+    torch.manual_seed(0)
+    return GRULanguageModel(ModelSpec(VOCAB, EMBED, HIDDEN, LAYERS, dropout=0.1, reset_after=True, **settings))
+
+
+def evaluation(model: GRULanguageModel, batches: int) -> Callable[[], float]:
+    """A variant: seconds per (BATCH x SEQ) batch of a no-grad forward in eval mode (as validation runs)."""
+    model.eval()
+    tokens = torch.randint(0, VOCAB, (BATCH, SEQ))
+    now = clock()
+
+    def run() -> float:
+        with torch.no_grad():
+            start = now()
+            for _ in range(batches):
+                model(tokens)
+            return (now() - start) / batches
+
+    return run
+
+
+def sampling(model: GRULanguageModel, tokens: int) -> Callable[[], float]:
+    """A variant: seconds per token of batch-1 sampling (model.generate: native.c where it applies)."""
+    model.eval()
+    now = clock()
+
+    def run() -> float:
+        start = now()
+        model.generate([1, 2, 3], tokens, temperature=1.0, seed=0)
+        return (now() - start) / tokens
+
+    return run
+
+
+def table(results: dict[str, list[float]], unit_tokens: int) -> list[dict[str, Any]]:
+    base = median(results["baseline"])
+    return [{"variant": name, "tokens/s": unit_tokens / median(times), "vs baseline": base / median(times),
+             "s per unit [min-max]": spread(times)} for name, times in results.items()]
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    repeats, steps = (1, 1) if args.quick else (args.repeats, 2)
+    train_variants = {name: bare_loop(model_with(s), steps, torch.device("cpu"), BATCH, SEQ, VOCAB)
+                      for name, s in SETTINGS.items()}
+    print(f"training: {repeats} interleaved rounds of {steps} steps ...", flush=True)
+    trained = interleave(train_variants, repeats)
+    eval_variants = {name: evaluation(model_with(SETTINGS[name]), 2) for name in ("baseline", "zoneout=0.1", "layer_norm")}
+    print("evaluation ...", flush=True)
+    evaluated = interleave(eval_variants, repeats)
+    sample_variants = {name: sampling(model_with(SETTINGS[name]), 100 if args.quick else 400)
+                       for name in ("baseline", "zoneout=0.1", "layer_norm")}
+    print("sampling ...", flush=True)
+    sampled = interleave(sample_variants, repeats)
+    columns = ["variant", "tokens/s", "vs baseline", "s per unit [min-max]"]
+    write_results(
+        "regularizers",
+        command_line(),
+        {
+            f"training, {BATCH} x {SEQ} tokens a step, {LAYERS} x {HIDDEN} (s per unit = per step)":
+                (table(trained, BATCH * SEQ), columns),
+            f"evaluation (no grad, eval mode), {BATCH} x {SEQ} (s per unit = per batch)":
+                (table(evaluated, BATCH * SEQ), columns),
+            "batch-1 sampling (model.generate, 400 tokens; s per unit = per token)": (table(sampled, 1), columns),
+        },
+        extra={"notes": [
+            "training: forward, loss, backward, clip, AdamW (bench/common.py bare_loop); the trainer adds the same "
+            "fixed overhead to every variant.",
+            "zoneout and layer_norm run an autograd-recorded loop over time (generate/regularize.py); the other "
+            "three keep the fused recurrence with its hand-written backward.",
+            "sampling: baseline and zoneout run native.c (zoneout is a rescaled update gate); layer_norm samples "
+            "with the PyTorch Stepper (native.c has no layer norm).",
+        ]},
+    )
+
+
+if __name__ == "__main__":
+    main()
