@@ -1,8 +1,10 @@
 """What each regularizer costs: training tokens/s (64 x 64 batches, 2 x 512), evaluation and batch-1 sampling tokens/s.
 
 Every variant is the default small model (128-wide embedding, 2 x 512 GRU, reset-after form, a 65-token
-vocabulary as tiny Shakespeare's) with one regularizer on, or all of them; all variants of a table run
-in the same interleaved rounds, so their ratios to the baseline are what to read (the machine is shared).
+vocabulary as tiny Shakespeare's, dropout 0.1) with one regularizer on, or all of them; `--model 112s` takes
+the 112-second recipe's model and batches instead (64-wide embedding, 2 x 256, 32 x 64, dropout 0, so
+variational_dropout changes nothing there). All variants of a table run in the same interleaved rounds,
+so their ratios to the baseline are what to read (the machine is shared).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from common import bare_loop, clock, command_line, interleave, median, parse_arg
 
 from generate.model import GRULanguageModel, ModelSpec
 
-BATCH, SEQ, EMBED, HIDDEN, LAYERS, VOCAB = 64, 64, 128, 512, 2, 65
+VOCAB, LAYERS, SEQ = 65, 2, 64
+MODELS = {"default": dict(batch=64, embed=128, hidden=512, dropout=0.1),  # conf/model/small.yaml, conf/train/default.yaml
+          "112s": dict(batch=32, embed=64, hidden=256, dropout=0.0)}  # conf/experiment/shakespeare_112s.yaml
 SETTINGS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "embedding_dropout=0.1": {"embedding_dropout": 0.1},
@@ -28,15 +32,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def model_with(settings: dict[str, Any]) -> GRULanguageModel:
+def model_with(shape: dict[str, Any], settings: dict[str, Any]) -> GRULanguageModel:
     torch.manual_seed(0)
-    return GRULanguageModel(ModelSpec(VOCAB, EMBED, HIDDEN, LAYERS, dropout=0.1, reset_after=True, **settings))
+    return GRULanguageModel(ModelSpec(VOCAB, shape["embed"], shape["hidden"], LAYERS, dropout=shape["dropout"],
+                                      reset_after=True, **settings))
 
 
-def evaluation(model: GRULanguageModel, batches: int) -> Callable[[], float]:
-    """A variant: seconds per (BATCH x SEQ) batch of a no-grad forward in eval mode (as validation runs)."""
+def evaluation(model: GRULanguageModel, batch: int, batches: int) -> Callable[[], float]:
+    """A variant: seconds per (batch x SEQ) tokens of a no-grad forward in eval mode (as validation runs)."""
     model.eval()
-    tokens = torch.randint(0, VOCAB, (BATCH, SEQ))
+    tokens = torch.randint(0, VOCAB, (batch, SEQ))
     now = clock()
 
     def run() -> float:
@@ -69,28 +74,31 @@ def table(results: dict[str, list[float]], unit_tokens: int) -> list[dict[str, A
 
 
 def main() -> None:
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, lambda p: p.add_argument("--model", default="default", choices=list(MODELS)))
+    shape = MODELS[args.model]
+    batch, hidden = shape["batch"], shape["hidden"]
     repeats, steps = (1, 1) if args.quick else (args.repeats, 2)
-    train_variants = {name: bare_loop(model_with(s), steps, torch.device("cpu"), BATCH, SEQ, VOCAB)
+    train_variants = {name: bare_loop(model_with(shape, s), steps, torch.device("cpu"), batch, SEQ, VOCAB)
                       for name, s in SETTINGS.items()}
     print(f"training: {repeats} interleaved rounds of {steps} steps ...", flush=True)
     trained = interleave(train_variants, repeats)
-    eval_variants = {name: evaluation(model_with(SETTINGS[name]), 2) for name in ("baseline", "zoneout=0.1", "layer_norm")}
+    eval_variants = {name: evaluation(model_with(shape, SETTINGS[name]), batch, 2)
+                     for name in ("baseline", "zoneout=0.1", "layer_norm")}
     print("evaluation ...", flush=True)
     evaluated = interleave(eval_variants, repeats)
-    sample_variants = {name: sampling(model_with(SETTINGS[name]), 100 if args.quick else 400)
+    sample_variants = {name: sampling(model_with(shape, SETTINGS[name]), 100 if args.quick else 400)
                        for name in ("baseline", "zoneout=0.1", "layer_norm")}
     print("sampling ...", flush=True)
     sampled = interleave(sample_variants, repeats)
     columns = ["variant", "tokens/s", "vs baseline", "s per unit [min-max]"]
     write_results(
-        "regularizers",
+        "regularizers" if args.model == "default" else f"regularizers-{args.model}",
         command_line(),
         {
-            f"training, {BATCH} x {SEQ} tokens a step, {LAYERS} x {HIDDEN} (s per unit = per step)":
-                (table(trained, BATCH * SEQ), columns),
-            f"evaluation (no grad, eval mode), {BATCH} x {SEQ} (s per unit = per batch)":
-                (table(evaluated, BATCH * SEQ), columns),
+            f"training, {batch} x {SEQ} tokens a step, {LAYERS} x {hidden} (s per unit = per step)":
+                (table(trained, batch * SEQ), columns),
+            f"evaluation (no grad, eval mode), {batch} x {SEQ} (s per unit = per batch)":
+                (table(evaluated, batch * SEQ), columns),
             "batch-1 sampling (model.generate, 400 tokens; s per unit = per token)": (table(sampled, 1), columns),
         },
         extra={"notes": [

@@ -162,8 +162,7 @@ def _native_sampler(stepper: Any, device: torch.device, top_k: int, top_p: float
     filters, and devices other than the CPU, take the PyTorch path, as does everything when the
     kernel is unavailable or turned off (GENERATE_NATIVE=0).
     """
-    if device.type != "cpu" or 0 < top_k < vocab or top_p < 1.0 or not hasattr(stepper, "table") or getattr(
-            stepper, "layer_norm", False):  # native.c has no layer norm
+    if device.type != "cpu" or 0 < top_k < vocab or top_p < 1.0 or not hasattr(stepper, "table"):
         return None
     lib = native.kernel()
     return None if lib is None else native.NativeSampler(lib, stepper)

@@ -22,9 +22,9 @@ ALL_ON = dict(embedding_dropout=0.1, variational_dropout=True, weight_drop=0.2, 
 TRAINING_ONLY = [dict(embedding_dropout=0.3), dict(variational_dropout=True), dict(weight_drop=0.3)]
 
 
-def tiny(reset_after: bool = True, seed: int = 0, **settings) -> GRULanguageModel:
+def tiny(reset_after: bool = True, seed: int = 0, hidden: int = 8, **settings) -> GRULanguageModel:
     torch.manual_seed(seed)
-    model = GRULanguageModel(ModelSpec(vocab_size=13, embedding_size=6, hidden_size=8, num_layers=2, dropout=0.3,
+    model = GRULanguageModel(ModelSpec(vocab_size=13, embedding_size=6, hidden_size=hidden, num_layers=2, dropout=0.3,
                                        reset_after=reset_after, **settings))
     if settings.get("layer_norm"):
         with torch.no_grad():  # gains away from 1, so a gain that is ignored would show
@@ -250,22 +250,33 @@ def sample_logits(model: GRULanguageModel, tokens: torch.Tensor, use_native: boo
                          ids=["zoneout", "layer_norm", "both"])
 @pytest.mark.parametrize("use_native", [False, True], ids=["stepper", "native"])
 def test_sampling_steps_equal_the_model_at_evaluation(reset_after: bool, settings: dict, use_native: bool) -> None:
-    if use_native and settings.get("layer_norm"):
-        pytest.skip("layer-norm models sample with PyTorch (decoding._native_sampler refuses them)")
     if use_native and native.kernel() is None:
         pytest.skip("no C compiler here")
-    model = tiny(reset_after, **settings).eval()
+    # 72 units: native.c's whole column panels (16 or 64 wide) and the remainder both run
+    model = tiny(reset_after, hidden=72, **settings).eval()
     tokens = torch.randint(0, 13, (3, 12))
     with torch.no_grad():
         expected = model(tokens)[0]
     torch.testing.assert_close(sample_logits(model, tokens, use_native), expected, rtol=0, atol=1e-5)
 
 
-def test_native_kernel_is_not_used_for_layer_norm_models() -> None:
-    from generate.decoding import _native_sampler
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_sampling_a_layer_norm_model_takes_the_native_kernel_and_matches_pytorch(
+    reset_after: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if native.kernel() is None:
+        pytest.skip("no C compiler here")
+    from generate import decoding
 
-    stepper = tiny(layer_norm=True).eval().stepper(torch.zeros(2, 1, 8))
-    assert _native_sampler(stepper, torch.device("cpu"), 0, 1.0, 13) is None
+    model = tiny(reset_after, layer_norm=True, zoneout=0.2).eval()
+    taken: list = []
+    original = decoding._native_sampler
+    monkeypatch.setattr(decoding, "_native_sampler", lambda *a: taken.append(original(*a)) or taken[-1])
+    fast = model.generate([1, 2], 50, temperature=0.8, seed=3)
+    assert isinstance(taken[-1], native.NativeSampler)
+    monkeypatch.setenv(native.SWITCH, "0")
+    assert torch.equal(model.generate([1, 2], 50, temperature=0.8, seed=3), fast)  # the same draws from PyTorch
+    assert taken[-1] is None
 
 
 @pytest.mark.parametrize("settings", [dict(zoneout=0.1), dict(layer_norm=True)], ids=["zoneout", "layer_norm"])
