@@ -106,8 +106,8 @@ def main() -> None:
             "fixed overhead to every variant.",
             "zoneout and layer_norm run an autograd-recorded loop over time (generate/regularize.py); the other "
             "three keep the fused recurrence with its hand-written backward.",
-            "sampling: baseline and zoneout run native.c (zoneout is a rescaled update gate); layer_norm samples "
-            "with the PyTorch Stepper (native.c has no layer norm).",
+            "sampling: all three run native.c (zoneout is a rescaled update gate; native.c has the "
+            "layer-normalized cell).",
         ]},
     )
 

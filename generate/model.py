@@ -195,7 +195,7 @@ class Stepper:
         spec = model.spec
         self.reset_after, self.hidden_size = spec.reset_after, spec.hidden_size
         # zoneout at sampling is its expectation, a rescaled update gate (generate/regularize.py);
-        # layer-norm models step through regularize.cell_step (and never through native.c).
+        # layer-norm models step through regularize.cell_step here (native.c has its own layer norm).
         self.zoneout, self.layer_norm = spec.zoneout, spec.layer_norm
         size, batch = spec.hidden_size, hidden.shape[1]
         device = hidden.device
