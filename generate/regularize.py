@@ -26,8 +26,10 @@ Every one is a model.* setting, off by default; a model with all of them off nev
       c = LN(W_hrz h; g_hh) + b_hrz                             (2H: the r and z rows of W_hh)
       r = σ(a_r + c_r),  z = σ(a_z + c_z)
       h̃ = tanh(a_n + LN(W_hn (r ⊙ h); g_hn) + b_hn),           h' = (1 − z) ⊙ h + z ⊙ h̃
-Zoneout and layer norm run an autograd-recorded loop over time (cell_step per step); their cost is
-measured in bench/regularizers.py.
+Training with zoneout (without layer norm) draws the masks here and runs them inside gru.recurrence,
+forward and hand-written backward (dh_{t−1} gets m ⊙ dh_t directly, the GRU's output (1 − m) ⊙ dh_t).
+Layer norm, and zoneout at evaluation, run an autograd-recorded loop over time (cell_step per step).
+Their cost is measured in bench/regularizers.py.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def stack(
     autocast = _autocast_on(x.device.type)
     if h0 is None:
         h0 = x.new_zeros(len(weights), x.shape[1], hidden, dtype=torch.float32 if autocast else None)
-    looped = spec.layer_norm or spec.zoneout > 0
+    looped = spec.layer_norm or (spec.zoneout > 0 and not training)  # evaluation: the expectation, in the loop
+    zoneout = spec.zoneout if training else 0.0
     last_states = []
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
         if layer > 0:
@@ -159,8 +162,9 @@ def stack(
             with torch.autocast(x.device.type, enabled=False):  # the state stays float32, as in gru.recurrence
                 a = input_part(x.float() if autocast else x, w_ih, b_ih, g_ih)
                 x = cell_loop(a, h0[layer], w_hh, b_hh, spec.reset_after, spec.zoneout, training, g_hh, g_hn)
-        else:  # the fused recurrence: the (maybe masked) w_hh is one of its inputs
+        else:  # the fused recurrence: the (maybe masked) w_hh and zoneout's masks are among its inputs
             bias, b_hn = fold_biases(b_ih, b_hh, spec.reset_after)
-            x = recurrence(nn.functional.linear(x, w_ih, bias), h0[layer], w_hh, b_hn, spec.reset_after)
+            keep = h0.new_empty(x.shape[0], *h0.shape[1:]).bernoulli_(zoneout) if zoneout > 0 else None
+            x = recurrence(nn.functional.linear(x, w_ih, bias), h0[layer], w_hh, b_hn, spec.reset_after, keep)
         last_states.append(x[-1])
     return x, torch.stack(last_states, dim=0)

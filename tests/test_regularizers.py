@@ -167,6 +167,44 @@ def test_zoneout_keeps_units_in_training_and_takes_the_expectation_at_evaluation
         torch.testing.assert_close(evaluated[t], h, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_zoneout_in_the_fused_recurrence_equals_the_reference_loop_with_its_gradients(reset_after: bool) -> None:
+    torch.manual_seed(7)
+    gru = GRU(4, 6, 2, reset_after=reset_after).double()
+    weights = layer_weights(gru)
+    spec = ModelSpec(vocab_size=2, hidden_size=6, num_layers=2, dropout=0.0, reset_after=reset_after, zoneout=0.4)
+    x = torch.randn(9, 3, 4, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(11)
+    out, h_n = regularize.stack(x, h0, weights, None, spec, training=True)  # the fused recurrence, masks inside
+    loss_weights = torch.randn_like(out)  # every output step and unit weighted differently
+    fused = torch.autograd.grad((out * loss_weights).sum() + h_n.sum(), [x, h0, *gru.parameters()])
+    torch.manual_seed(11)  # the same masks, drawn in the same order, for the autograd-recorded loop
+    layer_input, finals = x, []
+    for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+        a = torch.nn.functional.linear(layer_input, w_ih, b_ih)
+        layer_input = regularize.cell_loop(a, h0[k], w_hh, b_hh, reset_after, 0.4, training=True)
+        finals.append(layer_input[-1])
+    torch.testing.assert_close(out, layer_input, rtol=0, atol=1e-12)
+    reference = torch.autograd.grad((layer_input * loss_weights).sum() + torch.stack(finals).sum(),
+                                    [x, h0, *gru.parameters()])
+    for mine, theirs in zip(fused, reference, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_fused_recurrence_with_zoneout_masks_passes_gradcheck(reset_after: bool) -> None:
+    from generate.gru import recurrence
+
+    torch.manual_seed(8)
+    hidden = 3
+    keep = torch.rand(5, 2, hidden, dtype=torch.float64).lt(0.4).double()
+    args = [torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+            for shape in ((5, 2, 3 * hidden), (2, hidden), (3 * hidden, hidden), (hidden if reset_after else 0,))]
+    assert torch.autograd.gradcheck(lambda xp, h0, w, b: recurrence(xp, h0, w, b, reset_after, keep), args,
+                                    eps=1e-6, atol=1e-6)
+
+
 def layer_norm_numpy(v: np.ndarray, gain: np.ndarray) -> np.ndarray:
     return gain * (v - v.mean()) / np.sqrt(v.var() + regularize.EPS)
 
