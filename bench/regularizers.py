@@ -104,8 +104,9 @@ def main() -> None:
         extra={"notes": [
             "training: forward, loss, backward, clip, AdamW (bench/common.py bare_loop); the trainer adds the same "
             "fixed overhead to every variant.",
-            "zoneout and layer_norm run an autograd-recorded loop over time (generate/regularize.py); the other "
-            "three keep the fused recurrence with its hand-written backward.",
+            "training: layer_norm runs an autograd-recorded loop over time (generate/regularize.py); the other "
+            "four keep the fused recurrence with its hand-written backward (zoneout's masks go into it). "
+            "Evaluation with zoneout or layer_norm runs that loop without autograd.",
             "sampling: all three run native.c (zoneout is a rescaled update gate; native.c has the "
             "layer-normalized cell).",
         ]},
