@@ -173,6 +173,12 @@ class ModelConfig:
     # false: the seed equations, reset applied to h before the product.
     reset_after: bool = True  # true: torch.nn.GRU (cuDNN); false: the seed equations (reset before the product)
     tie_weights: bool = False  # needs embedding_size == hidden_size
+    # Regularizers (generate/regularize.py), all off by default:
+    embedding_dropout: float = 0.0  # probability of dropping a whole embedding row (token dropout), training only
+    variational_dropout: bool = False  # true: model.dropout's masks are locked (one per sequence, every step)
+    weight_drop: float = 0.0  # DropConnect probability on the recurrent matrices W_hh, training only
+    zoneout: float = 0.0  # probability a hidden unit keeps its previous value per step (its expectation at eval)
+    layer_norm: bool = False  # layer-normalized GRU cell (learned gains on the input and recurrent products)
 
     def __post_init__(self) -> None:
         check(vars(self), MODEL, "model.")

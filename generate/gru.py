@@ -24,9 +24,7 @@ import torch
 from torch import Tensor, nn
 
 
-def gru_layer(
-    x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, reset_after: bool
-) -> tuple[Tensor, Tensor]:
+def gru_layer(x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, reset_after: bool) -> tuple[Tensor, Tensor]:
     """Run one layer over time. x_proj: (B, T, 3H) = x W_ih^T + b_ih for all steps; h: (B, H)."""
     hidden = h.shape[-1]
     outputs = []
@@ -94,11 +92,13 @@ class _Recurrence(torch.autograd.Function):
     xp: (T, B, 3H) = x W_ih^T + b_ih + every part of b_hh that is added before a nonlinearity (all
     of it in the seed form; the r and z parts in the reset-after form). b_hn: (H,) the part of
     b_hh inside r ⊙ (W_hn h + b_hn) (reset-after form only; empty otherwise).
+    keep: None, or zoneout's masks (T, B, H), 1 where a unit keeps its previous value (generate/regularize.py).
     Returns hs: (T, B, H), the hidden state after every step.
     """
 
     @staticmethod
-    def forward(ctx: Any, xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, reset_after: bool) -> Tensor:
+    def forward(ctx: Any, xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, reset_after: bool,
+                keep: Tensor | None = None) -> Tensor:
         steps, batch, _ = xp.shape
         hidden = h0.shape[-1]
         hs = xp.new_empty(steps + 1, batch, hidden)  # hs[0] = h0, hs[t+1] = state after step t
@@ -110,6 +110,7 @@ class _Recurrence(torch.autograd.Function):
         r_t, z_t = rz[..., :hidden].unbind(0), rz[..., hidden:].unbind(0)
         xrz_t, xn_t = xp[..., : 2 * hidden].unbind(0), xp[..., 2 * hidden :].unbind(0)
         tanh = tanh_for(batch * hidden)
+        ctx.keep = keep_t = keep.unbind(0) if keep is not None else None
         if reset_after:
             # g = h W_hh^T + [0, 0, b_hn], all three gates in one product, into a buffer reused
             # every step (cache-resident); only its n part (W_hn h + b_hn) is kept for backward.
@@ -127,6 +128,8 @@ class _Recurrence(torch.autograd.Function):
                 ghn_t[t].copy_(g_n)
                 tanh(torch.addcmul(xn_t[t], r_t[t], g_n, out=n_t[t]))
                 torch.lerp(n_t[t], h_t[t], z_t[t], out=h_t[t + 1])  # n + z (h − n)
+                if keep_t is not None:  # zoneout: m h + (1 − m) GRU(h)
+                    torch.lerp(h_t[t + 1], h_t[t], keep_t[t], out=h_t[t + 1])
             ctx.save_for_backward(hs, rz, n, ghn, w_hh)
         else:
             rh = xp.new_empty(steps, batch, hidden)  # r ⊙ h, the input of the candidate's product
@@ -137,6 +140,8 @@ class _Recurrence(torch.autograd.Function):
                 torch.mul(r_t[t], h_t[t], out=rh_t[t])  # reset BEFORE the product (seed form)
                 tanh(torch.addmm(xn_t[t], rh_t[t], w_n, out=n_t[t]))
                 torch.lerp(h_t[t], n_t[t], z_t[t], out=h_t[t + 1])  # h + z (h̃ − h)
+                if keep_t is not None:
+                    torch.lerp(h_t[t + 1], h_t[t], keep_t[t], out=h_t[t + 1])
             ctx.save_for_backward(hs, rz, n, rh, w_hh)
         ctx.reset_after = reset_after
         return hs[1:]
@@ -153,7 +158,8 @@ class _Recurrence(torch.autograd.Function):
         r_t, z_t = rz[..., :hidden].unbind(0), rz[..., hidden:].unbind(0)
         g_t = grad_hs.unbind(0)
         one = n.new_ones(())
-        tmp, tmp2, acc, dh_a = (n.new_empty(batch, hidden) for _ in range(4))
+        tmp, tmp2, acc, dh_a, kept = (n.new_empty(batch, hidden) for _ in range(5))
+        keep_t = ctx.keep  # zoneout: the GRU's output gets (1 − m) dh, h_{t−1} also m dh directly
         dh = g_t[steps - 1].clone()  # (B, H): dL/dh after step t, summed over every path
         w_rz, w_n = w_hh[: 2 * hidden], w_hh[2 * hidden :]  # (2H, H), (H, H): dh += dpre @ W
         if ctx.reset_after:
@@ -162,6 +168,8 @@ class _Recurrence(torch.autograd.Function):
             dghn_t = dghn.unbind(0)
             for t in range(steps - 1, -1, -1):
                 z, r, nt = z_t[t], r_t[t], n_t[t]
+                if keep_t is not None:
+                    dh.sub_(torch.mul(dh, keep_t[t], out=kept))
                 torch.mul(dh, z, out=acc)  # the path h → h' directly: dh z
                 torch.sub(dh, acc, out=dn_t[t])  # dn = dh (1 − z)
                 dn_t[t].mul_(_one_minus_square(nt, one, tmp))  # dn_pre
@@ -174,6 +182,8 @@ class _Recurrence(torch.autograd.Function):
                     acc.add_(g_t[t - 1])
                 torch.addmm(acc, dxp_rz_t[t], w_rz, out=dh_a)
                 torch.addmm(dh_a, dghn_t[t], w_n, out=dh)
+                if keep_t is not None:
+                    dh.add_(kept)
             d_b_hn = dghn.sum((0, 1)) if ctx.needs_input_grad[3] else None
             d_w = None
             if ctx.needs_input_grad[2]:  # all steps at once: (3H, T·B) @ (T·B, H)
@@ -184,6 +194,8 @@ class _Recurrence(torch.autograd.Function):
             drh = n.new_empty(batch, hidden)
             for t in range(steps - 1, -1, -1):
                 z, r, nt, h = z_t[t], r_t[t], n_t[t], h_t[t]
+                if keep_t is not None:
+                    dh.sub_(torch.mul(dh, keep_t[t], out=kept))
                 torch.mul(dh, z, out=tmp)
                 torch.mul(tmp, _one_minus_square(nt, one, tmp2), out=dn_t[t])  # dh̃_pre = dh z (1 − h̃²)
                 torch.sub(dh, tmp, out=acc)  # the path h → h' directly: dh (1 − z)
@@ -196,6 +208,8 @@ class _Recurrence(torch.autograd.Function):
                 torch.mul(tmp, _s_one_minus_s(r, tmp2), out=dr_t[t])  # dr_pre
                 acc.addcmul_(drh, r)  # the path through r ⊙ h
                 torch.addmm(acc, dxp_rz_t[t], w_rz, out=dh)
+                if keep_t is not None:
+                    dh.add_(kept)
             d_b_hn = None
             d_w = None
             if ctx.needs_input_grad[2]:
@@ -203,7 +217,7 @@ class _Recurrence(torch.autograd.Function):
                     [dxp[..., : 2 * hidden].flatten(0, 1).t() @ hs[:-1].flatten(0, 1),
                      dxp[..., 2 * hidden :].flatten(0, 1).t() @ rh.flatten(0, 1)]
                 )
-        return dxp, dh, d_w, d_b_hn, None
+        return dxp, dh, d_w, d_b_hn, None, None
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -264,7 +278,9 @@ def _recurrence_no_grad(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, rese
     return hs
 
 
-def recurrence(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, reset_after: bool) -> Tensor:
+def recurrence(
+    xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, reset_after: bool, keep: Tensor | None = None
+) -> Tensor:
     """One layer's recurrence, time-major: xp (T, B, 3H) → hs (T, B, H); see _Recurrence for the arguments."""
     device_type = xp.device.type
     if _autocast_on(device_type):
@@ -272,15 +288,13 @@ def recurrence(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, reset_after: 
         # (a bf16 state would lose precision over hundreds of steps). The input projections and
         # the head still run in bf16 under autocast.
         with torch.autocast(device_type, enabled=False):
-            return recurrence(xp.float(), h0.float(), w_hh.float(), b_hn.float(), reset_after)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (xp, h0, w_hh, b_hn)):
-        return _Recurrence.apply(xp.contiguous(), h0, w_hh, b_hn, reset_after)
+            return recurrence(xp.float(), h0.float(), w_hh.float(), b_hn.float(), reset_after, keep)
+    if keep is not None or torch.is_grad_enabled() and any(t.requires_grad for t in (xp, h0, w_hh, b_hn)):
+        return _Recurrence.apply(xp.contiguous(), h0, w_hh, b_hn, reset_after, keep)
     return _recurrence_no_grad(xp, h0, w_hh, b_hn, reset_after)
 
 
-def fused_gru_layer(
-    x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, reset_after: bool
-) -> tuple[Tensor, Tensor]:
+def fused_gru_layer(x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, reset_after: bool) -> tuple[Tensor, Tensor]:
     """gru_layer's fast equivalent (same arguments, same results): (B, T, 3H), (B, H) → (B, T, H), (B, H)."""
     fold, b_hn = fold_biases(torch.zeros_like(b_hh), b_hh, reset_after)  # x_proj already holds b_ih
     hs = recurrence((x_proj + fold).transpose(0, 1), h, w_hh, b_hn, reset_after)  # (T, B, H)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from generate import regularize
 from generate.decoding import generate_tokens
 from generate.gru import GRU, fold_biases, gate_bias, gru_stack, layer_weights, tanh_for
 
@@ -23,6 +24,19 @@ class ModelSpec:
     dropout: float = 0.1
     reset_after: bool = True
     tie_weights: bool = False
+    # Regularizers (generate/regularize.py), all off by default; checkpoints written before they
+    # existed lack these keys and load with these defaults.
+    embedding_dropout: float = 0.0  # drop whole embedding rows (token dropout), training only
+    variational_dropout: bool = False  # the dropout masks are locked: one per sequence, shared by every step
+    weight_drop: float = 0.0  # DropConnect on every W_hh, one mask per forward call, training only
+    zoneout: float = 0.0  # each hidden unit keeps its previous value with this probability (expectation at eval)
+    layer_norm: bool = False  # the layer-normalized GRU cell (learned gains)
+
+    @property
+    def regularized(self) -> bool:
+        """Whether any regularizer is on (then the model runs generate/regularize.py's stack)."""
+        return bool(self.embedding_dropout or self.variational_dropout or self.weight_drop or self.zoneout
+                    or self.layer_norm)
 
     @classmethod
     def from_config(cls, vocab_size: int, cfg: Any) -> ModelSpec:
@@ -63,12 +77,16 @@ class GRULanguageModel(nn.Module):
         self.head = nn.Linear(spec.hidden_size, spec.vocab_size)
         if spec.tie_weights:
             self.head.weight = self.embedding.weight
+        if spec.layer_norm:  # registered only when on: checkpoints without it keep their keys
+            self.norms = regularize.LayerNormGains(spec.hidden_size, spec.num_layers, spec.reset_after)
 
     def init_hidden(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
         return torch.zeros(self.spec.num_layers, batch_size, self.spec.hidden_size, device=device)
 
     def forward(self, tokens: Tensor, hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """tokens: (B, T) int64, hidden: (L, B, H) → logits (B, T, V), hidden (L, B, H)."""
+        if self.spec.regularized:
+            return self._forward_regularized(tokens, hidden)
         if self.fused and not (self.spec.reset_after and (tokens.is_cuda or self._short_inference(tokens))):
             # Time-major throughout, so every step of the recurrence reads contiguous memory;
             # only the logits (V wide, the narrowest tensor) are turned back to batch-first.
@@ -80,6 +98,16 @@ class GRULanguageModel(nn.Module):
         x = self.dropout(self.embedding(tokens))  # (B, T, E)
         output, hidden = self.rnn(x, hidden)  # (B, T, H), (L, B, H)
         return self.head(self.dropout(output)), hidden
+
+    def _forward_regularized(self, tokens: Tensor, hidden: Tensor | None) -> tuple[Tensor, Tensor]:
+        # Always our own recurrence (never nn.GRU, also on CUDA): it is where the masks, zoneout and
+        # layer norm are applied. Time-major, as the fused path above.
+        spec, training = self.spec, self.training
+        weight = regularize.embedding_dropout(self.embedding.weight, spec.embedding_dropout, training)
+        x = regularize.dropout(nn.functional.embedding(tokens.t(), weight), spec.dropout, training, spec.variational_dropout)
+        output, hidden = regularize.stack(x, hidden, layer_weights(self.rnn), getattr(self, "norms", None), spec, training)
+        output = regularize.dropout(output, spec.dropout, training, spec.variational_dropout)
+        return self.head(output).transpose(0, 1).contiguous(), hidden
 
     def _short_inference(self, tokens: Tensor) -> bool:
         # Without gradients and for a few steps (a beam-search step, a short prime), nn.GRU's C++
@@ -128,6 +156,18 @@ class StepWeights:
         # Detached copies: no tensor here requires grad, so Stepper.step needs no grad-mode context
         # (entering and leaving one costs ~4 µs, 5% of a batch-1 step).
         self.layers: list[tuple[Tensor, ...]] = []  # per layer: (bias, w_ih^T, w_hh^T or w_rz^T, b_hh or w_n^T)
+        self.head_w_t = model.head.weight.detach().float().t().contiguous()  # (H, V)
+        self.head_b = model.head.bias.detach().float()
+        self.derived: dict[Any, Tensor] = {}  # other layouts of these weights (generate/native.py's packing)
+        if spec.layer_norm:  # per layer (b_ih, w_ih, w_hh, b_hh, g_ih, g_hh, g_hn), as regularize.cell_step takes them
+            norms: Any = model.norms
+            for layer, weights in enumerate(layer_weights(model.rnn)):
+                gains = [g.detach().float() if g is not None else None for g in norms.layer(layer)]
+                w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in weights)
+                if layer == 0:  # (V, 3H): W_ih e for every token; LN and b_ih are applied per step
+                    self.table = model.embedding.weight.detach().float() @ w_ih.t()
+                self.layers.append((b_ih, w_ih, w_hh, b_hh, *gains))
+            return
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layer_weights(model.rnn)):
             w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in (w_ih, w_hh, b_ih, b_hh))
             bias, b_hn = fold_biases(b_ih, b_hh, spec.reset_after)
@@ -138,9 +178,6 @@ class StepWeights:
                 self.layers.append((bias, w_ih_t, w_hh.t().contiguous(), gate_bias(b_hn)))
             else:  # (H, 2H) and (H, H): r, z from h; the candidate from r ⊙ h
                 self.layers.append((bias, w_ih_t, w_hh[: 2 * size].t().contiguous(), w_hh[2 * size :].t().contiguous()))
-        self.head_w_t = model.head.weight.detach().float().t().contiguous()  # (H, V)
-        self.head_b = model.head.bias.detach().float()
-        self.derived: dict[Any, Tensor] = {}  # other layouts of these weights (generate/native.py's packing)
 
 
 class Stepper:
@@ -157,6 +194,9 @@ class Stepper:
         """hidden: (L, N, H), the state after the prime; copied (the caller's tensor is not changed)."""
         spec = model.spec
         self.reset_after, self.hidden_size = spec.reset_after, spec.hidden_size
+        # zoneout at sampling is its expectation, a rescaled update gate (generate/regularize.py);
+        # layer-norm models step through regularize.cell_step here (native.c has its own layer norm).
+        self.zoneout, self.layer_norm = spec.zoneout, spec.layer_norm
         size, batch = spec.hidden_size, hidden.shape[1]
         device = hidden.device
         self.weights = model.step_weights()
@@ -177,7 +217,9 @@ class Stepper:
 
     def step(self, tokens: Tensor) -> Tensor:
         """tokens: (N,) int64 → logits (N, V) for the next token (a buffer overwritten by the next step)."""
-        gi, gh, tanh = self.gi, self.gh, self.tanh
+        if self.layer_norm:
+            return self._step_norm(tokens)
+        gi, gh, tanh, keep = self.gi, self.gh, self.tanh, self.zoneout
         torch.index_select(self.table, 0, tokens, out=gi)  # layer 0's input projection
         x: Tensor | None = None
         for (bias, w_ih_t, w_a, w_b), h in self.plan:
@@ -186,12 +228,26 @@ class Stepper:
             if self.reset_after:
                 torch.addmm(w_b, h, w_a, out=gh)  # h W_hh^T + [0, 0, b_hn]
                 self.gi_rz.add_(self.gh_rz).sigmoid_()  # r, z
+                if keep:
+                    self.gi_z.mul_(1 - keep).add_(keep)  # zoneout: z' = p + (1 − p) z
                 tanh(self.gi_n.addcmul_(self.gi_r, self.gh_n))  # n = tanh(x_n + r ⊙ (W_hn h + b_hn))
                 torch.lerp(self.gi_n, h, self.gi_z, out=h)  # n + z (h − n)
             else:
                 torch.addmm(self.gi_rz, h, w_a, out=self.gh_rz).sigmoid_()  # r, z
+                if keep:
+                    self.gh_z.mul_(1 - keep)  # zoneout: z' = (1 − p) z
                 torch.mul(self.gh_r, h, out=self.rh)  # reset before the product (seed form)
                 tanh(torch.addmm(self.gi_n, self.rh, w_b, out=self.gh_n))  # h̃
                 torch.lerp(h, self.gh_n, self.gh_z, out=h)  # h + z (h̃ − h)
+            x = h
+        return torch.addmm(self.head_b, x, self.head_w_t, out=self.logits)
+
+    def _step_norm(self, tokens: Tensor) -> Tensor:
+        """step() for a layer-normalized model: regularize.cell_step per layer (allocates; not the fast path)."""
+        x: Tensor | None = None
+        for (b_ih, w_ih, w_hh, b_hh, g_ih, g_hh, g_hn), h in zip(self.layers, self.states, strict=True):
+            projection = self.table.index_select(0, tokens) if x is None else x @ w_ih.t()
+            a = regularize.layer_norm(projection, g_ih) + b_ih
+            h.copy_(regularize.cell_step(a, h, w_hh, b_hh, self.reset_after, self.zoneout, g_hh, g_hn))
             x = h
         return torch.addmm(self.head_b, x, self.head_w_t, out=self.logits)

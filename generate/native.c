@@ -12,7 +12,17 @@
  *   reset_after = 1 (nn.GRU form): w_hh^T (H x 3H), then b_hn (H)
  *   reset_after = 0 (seed form):   w_hh[r,z]^T (H x 2H), then w_hh[n]^T (H x H)
  * then head^T (H x V) and the head bias (V).
+ *
+ * zoneout p (generate/regularize.py) is sampled as its expectation, a rescaled update gate:
+ * reset_after: z' = p + (1 - p) z; seed form: z' = (1 - p) z. p = 0 leaves z as it is.
+ *
+ * layer_norm = 1 (the layer-normalized cell, generate/regularize.py): the table holds W_ih e without
+ * bias, and per layer the packed floats are instead:
+ *   b_ih (3H), g_ih (3H), w_ih^T (H x 3H, layers > 0 only),
+ *   reset_after = 1: w_hh^T (H x 3H), b_hh (3H), g_hh (3H)
+ *   reset_after = 0: w_hh[r,z]^T (H x 2H), w_hh[n]^T (H x H), b_hh (3H), g_hh (2H), g_hn (H)
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -116,21 +126,72 @@ static inline float sigmoid_(float x) { return 1.0f / (1.0f + exp_(-x)); }
 static inline float tanh_(float x) { return 2.0f / (1.0f + exp_(-2.0f * x)) - 1.0f; }
 
 /* One layer's gates from gi (input part, biases folded) and gh: the state h (batch x H) updated in place. */
-static void gates_after(int64_t batch, int64_t H, float *gi, const float *gh, float *h)
+static void gates_after(int64_t batch, int64_t H, float *gi, const float *gh, float *h, float keep)
 {
     for (int64_t b = 0; b < batch; b++) {
         float *g = gi + b * 3 * H, *hb = h + b * H;
         const float *u = gh + b * 3 * H;
         for (int64_t j = 0; j < H; j++) {
-            float r = sigmoid_(g[j] + u[j]), z = sigmoid_(g[H + j] + u[H + j]);
+            float r = sigmoid_(g[j] + u[j]), z = keep + (1.0f - keep) * sigmoid_(g[H + j] + u[H + j]);
             float n = tanh_(g[2 * H + j] + r * u[2 * H + j]);  /* reset after the product */
             hb[j] = n + z * (hb[j] - n);
         }
     }
 }
 
+/* v (n floats) = g * (v - mean) / sqrt(var + 1e-5) + b: layer norm with gain g, then the GRU bias b. */
+static void norm_add(int64_t n, float *v, const float *g, const float *b)
+{
+    float mean = 0.0f, var = 0.0f;
+    for (int64_t j = 0; j < n; j++) mean += v[j];
+    mean /= (float)n;
+    for (int64_t j = 0; j < n; j++) var += (v[j] - mean) * (v[j] - mean);
+    const float scale = 1.0f / sqrtf(var / (float)n + 1e-5f);
+    for (int64_t j = 0; j < n; j++) v[j] = g[j] * ((v[j] - mean) * scale) + b[j];
+}
+
+/* layer_step for the layer-normalized cell (the packing in the header); zeros: 3H zero floats (a bias row). */
+static const float *layer_step_norm(int64_t batch, int64_t H, int reset_after, float keep, int layer, const float *p,
+                                    const float *x, float *h, float *gi, float *gh, float *rh, const float *zeros)
+{
+    const float *b_ih = p, *g_ih = p + 3 * H;
+    p += 6 * H;
+    if (layer > 0) {
+        matmul(batch, H, 3 * H, x, H, p, zeros, 0, gi, 3 * H);
+        p += 3 * H * H;
+    }
+    for (int64_t b = 0; b < batch; b++) norm_add(3 * H, gi + b * 3 * H, g_ih, b_ih);
+    if (reset_after) {
+        const float *b_hh = p + 3 * H * H, *g_hh = b_hh + 3 * H;
+        matmul(batch, H, 3 * H, h, H, p, zeros, 0, gh, 3 * H);
+        for (int64_t b = 0; b < batch; b++) norm_add(3 * H, gh + b * 3 * H, g_hh, b_hh);
+        gates_after(batch, H, gi, gh, h, keep);  /* gi, gh now hold a and c of the module docstring */
+        return g_hh + 3 * H;
+    }
+    const float *w_rz = p, *w_n = p + 2 * H * H, *b_hh = w_n + H * H, *g_hh = b_hh + 3 * H, *g_hn = g_hh + 2 * H;
+    matmul(batch, H, 2 * H, h, H, w_rz, zeros, 0, gh, 3 * H);
+    for (int64_t b = 0; b < batch; b++) {
+        float *c = gh + b * 3 * H;
+        const float *a = gi + b * 3 * H;
+        norm_add(2 * H, c, g_hh, b_hh);
+        for (int64_t j = 0; j < 2 * H; j++) c[j] = sigmoid_(a[j] + c[j]);
+        for (int64_t j = 0; j < H; j++) rh[b * H + j] = c[j] * h[b * H + j];  /* reset before the product */
+    }
+    matmul(batch, H, H, rh, H, w_n, zeros, 0, gh + 2 * H, 3 * H);
+    for (int64_t b = 0; b < batch; b++) {
+        float *c = gh + b * 3 * H, *hb = h + b * H;
+        const float *a = gi + b * 3 * H;
+        norm_add(H, c + 2 * H, g_hn, b_hh + 2 * H);
+        for (int64_t j = 0; j < H; j++) {
+            float cand = tanh_(a[2 * H + j] + c[2 * H + j]);
+            hb[j] = hb[j] + (1.0f - keep) * c[H + j] * (cand - hb[j]);
+        }
+    }
+    return g_hn + H;
+}
+
 /* Layer `layer`'s step: x (batch x I) is the layer below's new state (unused at layer 0: gi holds the lookup). */
-static const float *layer_step(int64_t batch, int64_t H, int reset_after, int layer, const float *p,
+static const float *layer_step(int64_t batch, int64_t H, int reset_after, float keep, int layer, const float *p,
                                const float *x, float *h, float *gi, float *gh, float *rh)
 {
     const float *bias = p;
@@ -144,7 +205,7 @@ static const float *layer_step(int64_t batch, int64_t H, int reset_after, int la
         memset(gh, 0, sizeof(float) * 2 * H);  /* bias row: [0, 0, b_hn], read with stride 0 */
         memcpy(gh + 2 * H, b_hn, sizeof(float) * H);
         matmul(batch, H, 3 * H, h, H, w, gh, 0, gh + 3 * H, 3 * H);  /* gh row 0 is the bias: results from row 1 */
-        gates_after(batch, H, gi, gh + 3 * H, h);
+        gates_after(batch, H, gi, gh + 3 * H, h, keep);
         return p + 3 * H * H + H;
     }
     const float *w_rz = p, *w_n = p + 2 * H * H;
@@ -159,7 +220,7 @@ static const float *layer_step(int64_t batch, int64_t H, int reset_after, int la
         const float *g = gh + b * 3 * H;
         for (int64_t j = 0; j < H; j++) {
             float cand = tanh_(g[2 * H + j]);
-            hb[j] = hb[j] + g[H + j] * (cand - hb[j]);
+            hb[j] = hb[j] + (1.0f - keep) * g[H + j] * (cand - hb[j]);
         }
     }
     return p + 3 * H * H;
@@ -169,12 +230,15 @@ static const float *layer_step(int64_t batch, int64_t H, int reset_after, int la
  * (steps x batch) receives the draws; state (layers x batch x H) is carried in place. noise (steps x
  * batch x V): Gumbel noise, the draw is argmax(logits * inv_temperature + noise); NULL: greedy argmax.
  * logits_out (steps x batch x V), when not NULL, receives every step's logits (for tests).
- * work: batch * (7H + V) + 3H floats. Returns 0. */
-int gru_sample(int64_t layers, int64_t H, int64_t V, int64_t batch, int reset_after, const float *table,
+ * work: batch * (7H + V) + 6H floats. Returns 0. */
+int gru_sample(int64_t layers, int64_t H, int64_t V, int64_t batch, int reset_after, float zoneout, int layer_norm,
+               const float *table,
                const float *params, float *state, float *work, const int64_t *prev, int64_t steps,
                const float *noise, float inv_temperature, int64_t *tokens, float *logits_out)
 {
     float *gi = work, *gh = gi + batch * 3 * H, *rh = gh + (batch + 1) * 3 * H, *logits = rh + batch * H;
+    float *zeros = logits + batch * V;
+    memset(zeros, 0, sizeof(float) * 3 * H);
     for (int64_t t = 0; t < steps; t++) {
         const int64_t *in = t == 0 ? prev : tokens + (t - 1) * batch;
         for (int64_t b = 0; b < batch; b++)  /* layer 0's input projection: a row lookup */
@@ -182,7 +246,8 @@ int gru_sample(int64_t layers, int64_t H, int64_t V, int64_t batch, int reset_af
         const float *p = params, *x = NULL;
         for (int l = 0; l < layers; l++) {
             float *h = state + l * batch * H;
-            p = layer_step(batch, H, reset_after, l, p, x, h, gi, gh, rh);
+            p = layer_norm ? layer_step_norm(batch, H, reset_after, zoneout, l, p, x, h, gi, gh, rh, zeros)
+                           : layer_step(batch, H, reset_after, zoneout, l, p, x, h, gi, gh, rh);
             x = h;
         }
         matmul(batch, H, V, x, H, p, p + H * V, 0, logits, V);

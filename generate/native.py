@@ -32,7 +32,7 @@ from torch import Tensor
 SOURCE = Path(__file__).with_name("native.c")
 SWITCH = "GENERATE_NATIVE"  # "0": always the PyTorch path
 FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second when the compiler does not know -march=native
-COMMON = ["-std=gnu11", "-shared", "-fPIC", "-fno-trapping-math"]
+COMMON = ["-std=gnu11", "-shared", "-fPIC", "-fno-trapping-math", "-fno-math-errno"]  # sqrtf: one instruction, no libm
 
 
 def kernel() -> ctypes.CDLL | None:
@@ -103,7 +103,7 @@ def _compile(command: list[str], flags: list[str], path: Path) -> None:
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.gru_sample.argtypes = [i64, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr, ptr, ptr, i64, ptr, ctypes.c_float,
+    lib.gru_sample.argtypes = [i64, i64, i64, i64, ctypes.c_int, ctypes.c_float, ctypes.c_int, ptr, ptr, ptr, ptr, ptr, i64, ptr, ctypes.c_float,
                                ptr, ptr]
     lib.gru_sample.restype = ctypes.c_int
     lib.gru_panel_width.restype = i64
@@ -127,12 +127,27 @@ def pack(stepper: Any, width: int) -> Tensor:
     """model.Stepper's weights as one float32 vector, in the order native.c reads them (its header says which)."""
     parts = []
     size = stepper.hidden_size
+    if stepper.layer_norm:
+        return _pack_norm(stepper, width)
     for layer, (bias, w_ih_t, w_a, w_b) in enumerate(stepper.layers):
         parts.append(bias)
         if layer > 0:
             parts.append(panels(w_ih_t, width))
         # nn.GRU form: w_hh^T (H, 3H) then b_hn (the last H of [0, 0, b_hn]); seed form: w_rz^T (H, 2H), w_n^T (H, H).
         parts += [panels(w_a, width), w_b[2 * size :] if stepper.reset_after else panels(w_b, width)]
+    parts += [panels(stepper.head_w_t, width), stepper.head_b]
+    return torch.cat([p.reshape(-1) for p in parts]).contiguous()
+
+
+def _pack_norm(stepper: Any, width: int) -> Tensor:
+    """pack() for a layer-normalized model (native.c's header: the layer_norm = 1 order)."""
+    parts, size = [], stepper.hidden_size
+    for layer, (b_ih, w_ih, w_hh, b_hh, g_ih, g_hh, g_hn) in enumerate(stepper.layers):
+        parts += [b_ih, g_ih] + ([panels(w_ih.t(), width)] if layer > 0 else [])
+        if stepper.reset_after:
+            parts += [panels(w_hh.t(), width), b_hh, g_hh]
+        else:
+            parts += [panels(w_hh[: 2 * size].t(), width), panels(w_hh[2 * size :].t(), width), b_hh, g_hh, g_hn]
     parts += [panels(stepper.head_w_t, width), stepper.head_b]
     return torch.cat([p.reshape(-1) for p in parts]).contiguous()
 
@@ -149,7 +164,7 @@ class NativeSampler:
         self.table = stepper.table.contiguous()
         self.layers, batch, self.hidden_size = stepper.hidden.shape
         self.batch, self.vocab = batch, self.table.shape[0]
-        self.work = torch.empty(batch * (7 * self.hidden_size + self.vocab) + 3 * self.hidden_size, dtype=torch.float32)
+        self.work = torch.empty(batch * (7 * self.hidden_size + self.vocab) + 6 * self.hidden_size, dtype=torch.float32)
 
     def run(self, prev: Tensor, steps: int, out: Tensor, noise: Tensor | None, temperature: float,
             logits: Tensor | None = None) -> None:
@@ -166,7 +181,8 @@ class NativeSampler:
                 raise ValueError(f"{name}: expected a contiguous CPU {dtype} tensor of shape {shape}, "
                                  f"got {t.dtype} {tuple(t.shape)}")
         self.lib.gru_sample(
-            self.layers, self.hidden_size, self.vocab, self.batch, int(self.stepper.reset_after),
+            self.layers, self.hidden_size, self.vocab, self.batch, int(self.stepper.reset_after), self.stepper.zoneout,
+            int(self.stepper.layer_norm),
             self.table.data_ptr(), self.params.data_ptr(), self.stepper.hidden.data_ptr(), self.work.data_ptr(),
             prev.data_ptr(), steps, None if noise is None else noise.data_ptr(),
             0.0 if noise is None else 1.0 / temperature, out.data_ptr(), None if logits is None else logits.data_ptr(),

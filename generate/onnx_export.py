@@ -58,10 +58,14 @@ def _layer_tensors(model: GRULanguageModel) -> list[tuple[np.ndarray, np.ndarray
 
 def build_graph(model: GRULanguageModel) -> Any:
     """The ONNX ModelProto of `model` as a step graph (see the module docstring for inputs and outputs)."""
+    spec = model.spec
+    cells = ["model.layer_norm=true"] * spec.layer_norm + [f"model.zoneout={spec.zoneout:g}"] * (spec.zoneout > 0)
+    if cells:  # the training-only regularizers (dropouts, weight drop) change nothing at inference and export
+        raise UserError(f"format=onnx cannot export a model trained with {' and '.join(cells)} (ONNX's GRU operator "
+                        "has no such cell); export it with format=pt, or train without it")
     onnx = _require_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
-    spec = model.spec
     init = [
         numpy_helper.from_array(model.embedding.weight.detach().float().cpu().numpy(), "embedding"),
         numpy_helper.from_array(model.head.weight.detach().float().cpu().numpy().T.copy(), "head_w_t"),

@@ -57,6 +57,9 @@ MODEL = {
     "hidden_size": Between(1, 16384),
     "num_layers": Between(1, 64),
     "dropout": Between(0.0, 0.999, note="(a probability)"),
+    "embedding_dropout": Between(0.0, 0.999, note="(a probability)"),
+    "weight_drop": Between(0.0, 0.999, note="(a probability)"),
+    "zoneout": Between(0.0, 0.999, note="(a probability)"),
 }
 TRAIN = {
     "max_steps": Between(1, BIG),

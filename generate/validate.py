@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from collections.abc import Callable
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from generate.model import GRULanguageModel, ModelSpec
 from generate.ranges import MAX_PARAMETERS, MODEL, Between, range_problems
 
 SPEC_RANGES = {**MODEL, "vocab_size": Between(1, 2**24)}
+BOOL_FIELDS = ("reset_after", "tie_weights", "variational_dropout", "layer_norm")
 DIGEST_KEY = "weights_sha256"  # stored beside the weights; a checkpoint without it predates checksums
 
 
@@ -84,12 +86,12 @@ def check_digest(ckpt: dict[str, Any], path: Path) -> None:
 
 def check_spec(raw: dict[str, Any]) -> ModelSpec:
     """The stored model spec: known keys, every size in range, and a model of at most MAX_PARAMETERS."""
-    known = {"vocab_size", "embedding_size", "hidden_size", "num_layers", "dropout", "reset_after", "tie_weights"}
+    known = {f.name for f in fields(ModelSpec)}  # a checkpoint from before a field existed lacks it: its default
     unknown = sorted(set(raw) - known)
     if unknown or "vocab_size" not in raw:
         raise UserError(f"the checkpoint's model_spec has unknown or missing keys ({', '.join(unknown) or 'vocab_size'})")
     problems = range_problems(raw, SPEC_RANGES, "model_spec.")
-    problems += [f"model_spec.{k} must be true or false" for k in ("reset_after", "tie_weights")
+    problems += [f"model_spec.{k} must be true or false" for k in BOOL_FIELDS
                  if k in raw and not isinstance(raw[k], bool)]
     if problems:
         raise UserError(f"the checkpoint's model is out of range: {'; '.join(problems)}")
@@ -100,11 +102,19 @@ def check_spec(raw: dict[str, Any]) -> ModelSpec:
     return spec
 
 
+def with_defaults(raw: Any) -> Any:
+    """A stored spec dict with the defaults of the fields it predates (a spec written before they existed)."""
+    if not isinstance(raw, dict):
+        return raw
+    return {**{f.name: f.default for f in fields(ModelSpec) if f.default is not MISSING}, **raw}
+
+
 def parameter_count(spec: ModelSpec) -> int:
     """How many weights `spec` makes, counted without allocating any."""
     e, h, v, layers = spec.embedding_size, spec.hidden_size, spec.vocab_size, spec.num_layers
     gru = 3 * h * (e + h + 2) + (layers - 1) * 3 * h * (2 * h + 2)
-    return v * e + gru + (0 if spec.tie_weights else v * h) + v
+    norms = 6 * h * layers if spec.layer_norm else 0  # the layer-norm gains: 3H + 3H (or 3H + 2H + H) a layer
+    return v * e + gru + norms + (0 if spec.tie_weights else v * h) + v
 
 
 def check_weights(weights: dict[str, torch.Tensor], spec: ModelSpec) -> None:
@@ -154,7 +164,7 @@ def check_training_state(
             f"({', '.join(missing) or 'per-process state'} missing); start a new run_name=... "
             "(sample and evaluate can still use this file)"
         )
-    if ckpt["model_spec"] != spec:
+    if with_defaults(ckpt["model_spec"]) != with_defaults(spec):
         raise UserError(f"{path} holds a different model ({ckpt['model_spec']}); resume with the same model.* settings")
     if not isinstance(ckpt["tokenizer"], dict) or _without(ckpt["tokenizer"], learned) != _without(tokenizer, learned):
         raise UserError(f"{path} was trained on a different dataset; resume with the same dataset.* settings")
