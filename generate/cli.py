@@ -40,7 +40,18 @@ def run_train(cfg: Any) -> Any:
     run = to_object(cfg, TrainRunConfig)
     again = [arg for arg in sys.argv[1:] if not arg.startswith(("train.resume=", "-m", "--multirun"))]
     hint = " ".join(["python -m generate.train", *map(shlex.quote, again), "train.resume=true"])
-    return train_run(run, run_dir_for(run), resume_hint=hint)
+    return train_run(run, run_dir_for(run), resume_hint=hint, recipe=recipe_command(again))
+
+
+def recipe_command(args: list[str]) -> str:
+    """The command that trains this run, for its model card: a multirun job's own settings, not the sweep."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        args = list(HydraConfig.get().overrides.task)  # what Hydra applied to this job (one value per key)
+    except ValueError:  # not under @hydra.main (tests, notebooks): the command line as given
+        pass
+    return " ".join(["python -m generate.train", *map(shlex.quote, (a for a in args if not a.startswith("train.resume=")))])
 
 
 def run_sample(cfg: Any) -> list[Any]:
@@ -166,7 +177,8 @@ def run_export(cfg: Any) -> Path:
         target, meta = export_onnx(settings.checkpoint, settings.out, settings.overwrite)
         print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB, float32 ONNX step graph) and {meta}")
         return target
-    target = export_checkpoint(settings.checkpoint, settings.out, getattr(torch, settings.dtype.value), settings.overwrite)
+    target = export_checkpoint(settings.checkpoint, settings.out, getattr(torch, settings.dtype.value), settings.overwrite,
+                               card=settings.card)
     size_mb = target.stat().st_size / 1e6
     print(f"wrote {target} ({size_mb:.1f} MB, {settings.dtype.value} weights; training state dropped)")
     return target
@@ -223,6 +235,8 @@ def run_list(cfg: Any) -> list[dict[str, Any]]:
         loss = "" if card["val_loss"] is None else f"{card['val_loss']:.4f}"
         print(f"{entry['name']:<24}{entry['origin']:<10}{card['dataset']:<14}{card['tokenizer']:<11}"
               f"{card['parameters']:>12,}{card['steps'] or 0:>8,}{loss:>10}  {Path(entry['path']).resolve()}")
+        if card.get("recipe"):  # a card from training (older checkpoints have none): how to make it again
+            print(f"{'':<24}recipe: {card['recipe']}")
     if not any(e["origin"] != "shipped" for e in listed):
         print(f"(no runs of yours under {Path(settings.checkpoints_dir).resolve()}: train one with python -m generate.train)")
     return listed
