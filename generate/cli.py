@@ -28,6 +28,7 @@ from generate.errors import UserError
 # command → the config file under conf/ that Hydra composes for it
 CONFIG_NAMES = {"train": "config", "sample": "sample", "evaluate": "evaluate", "export": "export", "quality": "quality",
                 "app": "app", "list": "list"}
+GIVEN_ARGS: list[str] = []  # the command line as typed, before prepare_arguments quotes values for Hydra
 
 
 # ---------------------------------------------------------------- commands
@@ -40,18 +41,10 @@ def run_train(cfg: Any) -> Any:
     run = to_object(cfg, TrainRunConfig)
     again = [arg for arg in sys.argv[1:] if not arg.startswith(("train.resume=", "-m", "--multirun"))]
     hint = " ".join(["python -m generate.train", *map(shlex.quote, again), "train.resume=true"])
-    return train_run(run, run_dir_for(run), resume_hint=hint, recipe=recipe_command(again))
-
-
-def recipe_command(args: list[str]) -> str:
-    """The command that trains this run, for its model card: a multirun job's own settings, not the sweep."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        args = list(HydraConfig.get().overrides.task)  # what Hydra applied to this job (one value per key)
-    except ValueError:  # not under @hydra.main (tests, notebooks): the command line as given
-        pass
-    return " ".join(["python -m generate.train", *map(shlex.quote, (a for a in args if not a.startswith("train.resume=")))])
+    job = multirun_job()  # the model card's recipe: the command as typed, or a multirun job's own settings
+    given = [a for a in (job[0] if job else GIVEN_ARGS or sys.argv[1:]) if not a.startswith("train.resume=")]
+    recipe = " ".join(["python -m generate.train", *map(shlex.quote, given)])
+    return train_run(run, run_dir_for(run), resume_hint=hint, recipe=recipe)
 
 
 def run_sample(cfg: Any) -> list[Any]:
@@ -251,16 +244,20 @@ COMMANDS: dict[str, Callable[[Any], Any]] = {
 def run_dir_for(run: TrainRunConfig) -> Path:
     """checkpoints/<run_name>/, or one folder per job inside it for a Hydra multirun."""
     base = Path(run.checkpoints_dir) / run.run_name
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    job = multirun_job()
+    return base / _swept_settings(*job) if job else base
 
+
+def multirun_job() -> tuple[list[str], int] | None:
+    """A multirun job's own overrides (one value per key) and its number; None outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
         hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            return base / _swept_settings(list(hydra_cfg.overrides.task), hydra_cfg.job.num)
     except ValueError:  # not running under @hydra.main (tests, notebooks)
-        pass
-    return base
+        return None
+    return (list(hydra_cfg.overrides.task), hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
 def _swept_settings(job_overrides: list[str], job_num: int) -> str:
@@ -386,6 +383,7 @@ def main(command: str, task: Callable[[Any], Any] | None = None) -> None:
 
         print(command_help(command))
         return
+    GIVEN_ARGS[:] = sys.argv[1:]
     sys.argv[1:] = prepare_arguments(command, sys.argv[1:])
     import hydra
 
