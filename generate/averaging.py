@@ -58,7 +58,8 @@ def restore_weights(model: torch.nn.Module, average: AveragedModel | None, ckpt:
     """
     if RAW_KEY in ckpt:  # untrusted like "model": a mapping of real, dense tensors
         if not isinstance(ckpt[RAW_KEY], dict):
-            raise UserError(f"{path}: its {RAW_KEY} is not a mapping; resume from a good copy or start a new run_name=...")
+            raise UserError(f"{path}: its {RAW_KEY} is not a mapping; resume from a good copy "
+                            "or start a new run_name=...")
         check_structure({**ckpt, "model": ckpt[RAW_KEY]}, path)
     restore("weights", lambda: model.load_state_dict(ckpt.get(RAW_KEY, ckpt["model"])))
     if average is None:

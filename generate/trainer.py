@@ -319,7 +319,7 @@ class Trainer:
             return
         self.say(
             f"step {self.step}: val {result.nats_per_token:.4f} nats/token ({result.bits_per_token:.4f} bits/token)"
-            f"{' of the averaged weights' if self.average else ''}{'  [best]' if result.nats_per_token < self.best_val else ''}"
+            + (" of the averaged weights" if self.average else "") + ("  [best]" if result.nats_per_token < self.best_val else "")
         )
         # The row goes first: a checkpoint never lacks its row; resume trims later ones.
         self.append_metrics({"step": self.step, "val_loss": result.nats_per_token, "val_bits": result.bits_per_token,
@@ -332,8 +332,8 @@ class Trainer:
     def validate(self) -> EvalResult:
         # The bare module, not DDP: evaluation must not join DDP's collectives.
         local = evaluate_loss(
-            evaluated(self.model, self.average), self.val_shard, self.separator, self.cfg.eval_batch_size, self.cfg.seq_len, self.device,
-            self.autocast,
+            evaluated(self.model, self.average), self.val_shard, self.separator, self.cfg.eval_batch_size,
+            self.cfg.seq_len, self.device, self.autocast,
         )
         total = all_reduce_sum(self.d, torch.tensor([local.nll, local.tokens], dtype=torch.float64, device=self.device))
         return EvalResult(float(total[0]), int(total[1]))
@@ -367,8 +367,8 @@ class Trainer:
             "val_loss": self.last_val,
             "best_val": self.best_val,
             "card": training_card(config, self.model, self.tokenizer, recipe=self.recipe, best_val=self.best_val,
-                                  best_step=self.best_step, wall_time_s=wall_s, device=self.device,
-                                  processes=self.d.world_size, weights=f"ema {self.cfg.ema_decay:g}" if self.average else "raw"),
+                                  best_step=self.best_step, wall_time_s=wall_s, device=self.device, processes=self.d.
+                                  world_size, weights=f"ema {self.cfg.ema_decay:g}" if self.average else "raw"),
         })
         # best.pt before last.pt: killed in between, the resume starts from the older last.pt and
         # rewrites both; the other order would leave last.pt claiming a best that best.pt lacks.
