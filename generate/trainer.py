@@ -319,7 +319,7 @@ class Trainer:
             return
         self.say(
             f"step {self.step}: val {result.nats_per_token:.4f} nats/token ({result.bits_per_token:.4f} bits/token)"
-            + (" of the averaged weights" if self.average else "") + ("  [best]" if result.nats_per_token < self.best_val else "")
+            + (" (EMA weights)" if self.average else "") + ("  [best]" if result.nats_per_token < self.best_val else "")
         )
         # The row goes first: a checkpoint never lacks its row; resume trims later ones.
         self.append_metrics({"step": self.step, "val_loss": result.nats_per_token, "val_bits": result.bits_per_token,
