@@ -26,8 +26,9 @@ def main() -> None:
     try:
         for layers, hidden in shapes[:1] if args.quick else shapes:
             variants = {
-                "ema off": trainer_run(layers, hidden, steps, device, workdir),
-                "ema_decay=0.999": trainer_run(layers, hidden, steps, device, workdir, ("train.ema_decay=0.999",)),
+                # each its own folder: run names count per variant
+                "ema off": trainer_run(layers, hidden, steps, device, workdir / "off"),
+                "ema_decay=0.999": trainer_run(layers, hidden, steps, device, workdir / "on", ("train.ema_decay=0.999",)),
             }
             print(f"{layers} x {hidden}: {args.repeats} interleaved rounds of {steps} steps ...", flush=True)
             results = interleave(variants, args.repeats)
