@@ -38,8 +38,11 @@ def onsets(tok, ids: np.ndarray) -> list[float]:
 
 def test_copies_list_the_piece_first_and_every_transposition_at_every_factor() -> None:
     ex = Extraction(transpose="augment", transpose_range=1, time_stretch=(1.1, 0.9, 1.0, 1.1))
-    assert ex.copies() == [(0, 1.0), (-1, 1.0), (1, 1.0), (0, 0.9), (-1, 0.9), (1, 0.9), (0, 1.1), (-1, 1.1), (1, 1.1)]
-    assert Extraction().copies() == [(0, 1.0)]
+    assert [(k, f) for _, k, f in ex.copies()] == [(0, 1.0), (-1, 1.0), (1, 1.0), (0, 0.9), (-1, 0.9), (1, 0.9),
+                                                   (0, 1.1), (-1, 1.1), (1, 1.1)]
+    # Keys: the semitones as before (unstretched copies keep theirs), + 256 per factor; only the piece itself is 0.
+    assert [key for key, _, _ in ex.copies()] == [0, -1, 1, 256, 255, 257, 512, 511, 513]
+    assert Extraction().copies() == [(0, 0, 1.0)]
 
 
 def test_a_stretched_piece_has_every_time_scaled_and_its_tempo_divided() -> None:

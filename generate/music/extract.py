@@ -46,10 +46,14 @@ class Extraction:
         r = self.transpose_range
         return [0] + [k for k in range(-r, r + 1) if k != 0]
 
-    def copies(self) -> list[tuple[int, float]]:
-        """Every (semitones, time factor) each training piece is also seen in, the piece as it is, (0, 1.0), first."""
+    def copies(self) -> list[tuple[int, int, float]]:
+        """Every (key, semitones, time factor) each training piece is also seen in, the piece as it is first.
+
+        The key names the copy in the file table: the semitones, plus 256 x the factor's place in the sorted
+        factors (so 0 is the piece as it is, which alone goes to validation and test).
+        """
         factors = [1.0] + sorted({float(f) for f in self.time_stretch} - {1.0})
-        return [(k, f) for f in factors for k in self.shifts()]
+        return [(k + 256 * i, k, f) for i, f in enumerate(factors) for k in self.shifts()]
 
     @property
     def gap_steps(self) -> int:

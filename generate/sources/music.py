@@ -119,13 +119,13 @@ def tokenize_tracks(name: str, tracks: list[Track], tok: MusicTokenizer, ex: Ext
         pitched = [t.transposed(shift) for t in pitched]  # key and bars travel with the notes
     pieces = tok.extract(pitched, ex, result.counts)
     for piece in pieces:
-        docs = {}  # by the copy's number in ex.copies(): 0 is the piece as it is (val and test keep only that)
-        for number, (k, factor) in enumerate(ex.copies()):
+        docs = {}  # by the copy's key (see Extraction.copies): 0 is the piece as it is (val and test keep only that)
+        for key, k, factor in ex.copies():
             moved = stretched(piece.transposed(k) if k else piece, factor)
             span = moved.pitch_range()
             if span is None or (tok.in_range(span[0]) and tok.in_range(span[1])):
                 # int32 arrays, not lists: 4 bytes a token in the pool's pickles and the parent's memory, not ~36.
-                docs[number] = np.asarray(tok.encode(moved), dtype=np.int32)
+                docs[key] = np.asarray(tok.encode(moved), dtype=np.int32)
             else:
                 result.counts["transposed copies out of range skipped"] += 1
         result.docs.append(docs)
