@@ -50,7 +50,8 @@ class BareGRULM(nn.Module):
         return self.head(self.dropout(out)), hidden
 
 
-def trainer_run(layers: int, hidden: int, steps: int, device: torch.device, workdir: Path) -> Callable[[], float]:
+def trainer_run(layers: int, hidden: int, steps: int, device: torch.device, workdir: Path,
+                extra: tuple[str, ...] = ()) -> Callable[[], float]:
     """A variant: seconds per step of generate.train.train itself, timed between its batch fetches.
 
     The trainer's loop starts every step with stream.next_batch(); the time between two calls is
@@ -86,6 +87,7 @@ def trainer_run(layers: int, hidden: int, steps: int, device: torch.device, work
                 "dataset.val_fraction=0.01",  # a short final evaluation: it is not timed, only waited for
                 "dataset.test_fraction=0.01",
                 f"run_name=run{layers}x{hidden}-{next(counter)}",
+                *extra,  # a variant's own settings (bench/ema_cost.py: train.ema_decay)
             ],
         )
         generate.data.TokenStream.next_batch = stamped  # type: ignore[method-assign]

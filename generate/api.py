@@ -103,9 +103,11 @@ class Model:
         return isinstance(self.tokenizer, MusicTokenizer)
 
     def card(self) -> dict[str, Any]:
-        """What this model is: dataset, tokenizer, size, training steps and validation loss."""
+        """What this model is: dataset, tokenizer, size, training steps and validation loss, and the card stored
+        in the checkpoint (recipe, date, best step, wall time, device, figures added at export) when it has one."""
         config = self.checkpoint.get("config", {})
-        return {
+        stored = self.checkpoint.get("card")
+        return {**(stored if isinstance(stored, dict) else {}),
             "path": str(self.path),
             "dataset": str(dataset.get("name", "?")) if isinstance(dataset := config.get("dataset"), dict) else "?",
             "tokenizer": self.tokenizer.kind,
@@ -372,7 +374,10 @@ def train(
         raise
     except Exception as err:  # OmegaConf's ValidationError: a value of the wrong type
         raise UserError(f"bad training setting: {str(err).splitlines()[0]}") from None
-    return train_run(run, resume_hint="generate.train(...) again with resume=True")
+    given = [repr(dataset), *(f"{k}={v!r}" for k, v in {"run_name": run_name, "recipe": recipe, **settings}.items()
+                              if v is not None and k != "resume")]
+    return train_run(run, resume_hint="generate.train(...) again with resume=True",
+                     recipe=f"generate.train({', '.join(given)})")
 
 
 def list_models(checkpoints_dir: str | Path | None = None) -> list[dict[str, Any]]:

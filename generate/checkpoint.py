@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +135,76 @@ def with_digest(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {**ckpt, DIGEST_KEY: weights_digest(ckpt["model"])}
 
 
-# Everything sample/evaluate read; optimizer, scheduler, data position, RNG and carried state are dropped.
-EXPORT_KEYS = ("model_spec", "tokenizer", "config", "step", "val_loss", "best_val")
+# Everything sample/evaluate read, and the model card; optimizer, scheduler, data position, RNG, carried state
+# and (for an averaged run) the raw weights are dropped.
+EXPORT_KEYS = ("model_spec", "tokenizer", "config", "step", "val_loss", "best_val", "card")
+# What Model.card() derives from the checkpoint itself: a stored card never overrides these.
+DERIVED_CARD_KEYS = ("path", "dataset", "tokenizer", "parameters", "layers", "hidden_size", "steps", "val_loss")
+
+
+def device_name(device: torch.device) -> str:
+    """`cpu`, or `cuda (NVIDIA H200)`: what the card says a run trained on."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+
+
+def model_summary(model: GRULanguageModel) -> str:
+    """`2,612,865 parameters, 2 x 512 GRU (nn.GRU), embedding 128`: what training announces and the card says."""
+    spec = model.spec
+    form = "nn.GRU" if spec.reset_after else "seed equations"
+    return f"{model.num_parameters():,} parameters, {spec.num_layers} x {spec.hidden_size} GRU ({form}), " \
+           f"embedding {spec.embedding_size}"
+
+
+def training_card(config: dict[str, Any], model: GRULanguageModel, tokenizer: Tokenizer, **run: Any) -> dict[str, Any]:
+    """The model card a training checkpoint carries (plain data only, so weights-only loads read it).
+
+    `run`: recipe (the command that trains it), best_val, best_step, wall_time_s, device, processes, weights.
+    """
+    dataset = config.get("dataset", {})
+    best = run["best_val"]
+    return {
+        "dataset_source": str(dataset.get("source")),
+        "dataset_path": dataset.get("path"),  # portable: ${project_root:}/... for the bundled sets
+        "recipe": run["recipe"],
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_summary": model_summary(model),
+        "tokenizer_summary": f"{tokenizer.kind}, {tokenizer.vocab_size} tokens",
+        "best_val_loss": float(best) if math.isfinite(best) else None,
+        "best_step": run["best_step"],
+        "wall_time_s": round(float(run["wall_time_s"]), 1),
+        "device": device_name(run["device"]),
+        "processes": run["processes"],
+        "torch": str(torch.__version__),  # a plain str: torch's TorchVersion would not load weights-only
+        "weights": run["weights"],
+    }
+
+
+def card_progress(ckpt: dict[str, Any]) -> tuple[int | None, float]:
+    """From a last.pt's card: the step of the best validation so far and the wall time spent (0 when absent)."""
+    card = ckpt.get("card")
+    card = card if isinstance(card, dict) else {}
+    step, wall = card.get("best_step"), card.get("wall_time_s")
+    step = step if isinstance(step, int) and not isinstance(step, bool) else None
+    wall = float(wall) if isinstance(wall, int | float) and not isinstance(wall, bool) and math.isfinite(wall) else 0.0
+    return step, max(0.0, wall)
+
+
+def check_card_additions(extra: dict[str, Any]) -> None:
+    """Figures added to a card at export: string keys, plain values, none of the keys Model.card() derives."""
+    for key, value in extra.items():
+        if not isinstance(key, str) or key in DERIVED_CARD_KEYS:
+            raise UserError(f"card.{key} is derived from the checkpoint itself and cannot be set; choose another "
+                            "name, e.g. +card.test_nll_per_step=3.9")
+        if not _plain(value):
+            raise UserError(f"card.{key} must be plain data (a number, text, true/false, or a list or mapping of them)")
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
 
 
 def check_export_target(source: Path, target: Path, overwrite: bool, suffix: str = ".pt") -> None:
@@ -150,13 +220,16 @@ def check_export_target(source: Path, target: Path, overwrite: bool, suffix: str
 
 
 def export_checkpoint(
-    source: str | Path, target: str | Path, dtype: torch.dtype = torch.float16, overwrite: bool = False
+    source: str | Path, target: str | Path, dtype: torch.dtype = torch.float16, overwrite: bool = False,
+    card: dict[str, Any] | None = None,
 ) -> Path:
     """A training checkpoint stripped to what sampling and evaluation need, weights stored as `dtype`.
 
+    Its model card is kept, with `card` (measured figures: {"test_nll_per_step": 3.9}) merged in.
     An existing `target` is replaced only with `overwrite=True`, and a run's last.pt / best.pt never.
     """
     source, target = Path(source), Path(target)
+    check_card_additions(card or {})
     check_export_target(source, target, overwrite)
     ckpt = load_checkpoint(source)
     build_model(ckpt)  # refuse to export anything that would not load back
@@ -165,6 +238,8 @@ def export_checkpoint(
     kept = {k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}
     if "config" in kept:
         kept["config"] = portable_paths(kept["config"])  # checkpoints from before paths were portable
+    stored = kept.get("card") if isinstance(kept.get("card"), dict) else {}
+    kept["card"] = {**stored, **(card or {}), "export_dtype": str(dtype).removeprefix("torch.")}
     if target.parent.is_dir():  # an export killed mid-write left its temporary file here
         remove_stale_temp_files(target.parent, target.name)
     atomic_save(with_digest({"model": weights, **kept}), target)

@@ -28,6 +28,7 @@ from generate.errors import UserError
 # command → the config file under conf/ that Hydra composes for it
 CONFIG_NAMES = {"train": "config", "sample": "sample", "evaluate": "evaluate", "export": "export", "quality": "quality",
                 "app": "app", "list": "list"}
+GIVEN_ARGS: list[str] = []  # the command line as typed, before prepare_arguments quotes values for Hydra
 
 
 # ---------------------------------------------------------------- commands
@@ -40,7 +41,10 @@ def run_train(cfg: Any) -> Any:
     run = to_object(cfg, TrainRunConfig)
     again = [arg for arg in sys.argv[1:] if not arg.startswith(("train.resume=", "-m", "--multirun"))]
     hint = " ".join(["python -m generate.train", *map(shlex.quote, again), "train.resume=true"])
-    return train_run(run, run_dir_for(run), resume_hint=hint)
+    job = multirun_job()  # the model card's recipe: the command as typed, or a multirun job's own settings
+    given = [a for a in (job[0] if job else GIVEN_ARGS or sys.argv[1:]) if not a.startswith("train.resume=")]
+    recipe = " ".join(["python -m generate.train", *map(shlex.quote, given)])
+    return train_run(run, run_dir_for(run), resume_hint=hint, recipe=recipe)
 
 
 def run_sample(cfg: Any) -> list[Any]:
@@ -169,7 +173,8 @@ def run_export(cfg: Any) -> Path:
         target, meta = export_onnx(settings.checkpoint, settings.out, settings.overwrite)
         print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB, float32 ONNX step graph) and {meta}")
         return target
-    target = export_checkpoint(settings.checkpoint, settings.out, getattr(torch, settings.dtype.value), settings.overwrite)
+    target = export_checkpoint(settings.checkpoint, settings.out, getattr(torch, settings.dtype.value), settings.overwrite,
+                               card=settings.card)
     size_mb = target.stat().st_size / 1e6
     print(f"wrote {target} ({size_mb:.1f} MB, {settings.dtype.value} weights; training state dropped)")
     return target
@@ -226,6 +231,8 @@ def run_list(cfg: Any) -> list[dict[str, Any]]:
         loss = "" if card["val_loss"] is None else f"{card['val_loss']:.4f}"
         print(f"{entry['name']:<24}{entry['origin']:<10}{card['dataset']:<14}{card['tokenizer']:<11}"
               f"{card['parameters']:>12,}{card['steps'] or 0:>8,}{loss:>10}  {Path(entry['path']).resolve()}")
+        if card.get("recipe"):  # a card from training (older checkpoints have none): how to make it again
+            print(f"{'':<24}recipe: {card['recipe']}")
     if not any(e["origin"] != "shipped" for e in listed):
         print(f"(no runs of yours under {Path(settings.checkpoints_dir).resolve()}: train one with python -m generate.train)")
     return listed
@@ -240,16 +247,20 @@ COMMANDS: dict[str, Callable[[Any], Any]] = {
 def run_dir_for(run: TrainRunConfig) -> Path:
     """checkpoints/<run_name>/, or one folder per job inside it for a Hydra multirun."""
     base = Path(run.checkpoints_dir) / run.run_name
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    job = multirun_job()
+    return base / _swept_settings(*job) if job else base
 
+
+def multirun_job() -> tuple[list[str], int] | None:
+    """A multirun job's own overrides (one value per key) and its number; None outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
         hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            return base / _swept_settings(list(hydra_cfg.overrides.task), hydra_cfg.job.num)
     except ValueError:  # not running under @hydra.main (tests, notebooks)
-        pass
-    return base
+        return None
+    return (list(hydra_cfg.overrides.task), hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
 def _swept_settings(job_overrides: list[str], job_num: int) -> str:
@@ -375,6 +386,7 @@ def main(command: str, task: Callable[[Any], Any] | None = None) -> None:
 
         print(command_help(command))
         return
+    GIVEN_ARGS[:] = sys.argv[1:]
     sys.argv[1:] = prepare_arguments(command, sys.argv[1:])
     import hydra
 

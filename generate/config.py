@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from generate.errors import UserError
 from generate.paths import CONFIG_DIR, PROJECT_ROOT, expand_project_root, home, music21_corpus_dir, portable_paths
-from generate.ranges import DATASET, EVALUATE, MODEL, SAMPLING, TRAIN, check, check_plain_name
+from generate.ranges import DATASET, EVALUATE, MODEL, SAMPLING, TRAIN, check, check_plain_name, stretch_problems
 
 # ${project_root:} finds the bundled datasets from any working directory; ${generate_home:} is where
 # your runs, samples and caches go ($GENERATE_HOME, else the current folder). Registered here, with
@@ -145,6 +145,7 @@ class DatasetConfig:
     # `controls` starts every piece with METER, KEY and TEMPO tokens (sample meter=6/8 key=Dm then conditions).
     metre: str = "none"  # none | bar | position (the music presets set bar)
     controls: bool = False  # metre/key/tempo control tokens at the start of every piece (the music presets set true)
+    time_stretch: list[float] = field(default_factory=list)  # events only: training copies with every time x each factor
 
     def __post_init__(self) -> None:
         """Every value in its range (generate/ranges.py), checked for the CLI and the API alike."""
@@ -158,6 +159,7 @@ class DatasetConfig:
                          "must be below 1 to leave a training split")
         if _numbers(self, "min_pitch", "max_pitch") and self.min_pitch > self.max_pitch:
             extra.append(f"dataset.min_pitch={self.min_pitch} must not exceed dataset.max_pitch={self.max_pitch}")
+        extra += stretch_problems(self.time_stretch, self.tokenizer)
         check(vars(self), DATASET, "dataset.", extra)
         check_plain_name("dataset.name", self.name)
 
@@ -209,6 +211,7 @@ class TrainConfig:
     # tokens (the same every time).
     eval_tokens: int = 131_072  # validation tokens per evaluation (0 = always the whole split)
     threads: int = 1  # torch CPU threads; 1 measured fastest on a shared 2-core machine (docs/performance.md); 0 = torch's default
+    ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights (e.g. 0.999); 0 = off
 
     def __post_init__(self) -> None:
         check(vars(self), TRAIN, "train.")
@@ -283,6 +286,7 @@ class ExportConfig:
     dtype: Dtype = Dtype.float16  # storage type of the weights
     overwrite: bool = False  # replace an existing `out` (never a run's last.pt / best.pt)
     format: ExportFormat = ExportFormat.pt  # pt: a checkpoint; onnx: float32 step graph + <out stem>.tokenizer.json
+    card: dict[str, Any] = field(default_factory=dict)  # figures added to the model card: +card.test_nll_per_step=3.9
 
 
 @dataclass

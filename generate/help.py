@@ -96,6 +96,8 @@ def key_lines(prefix: str, cls: type, defaults: dict[str, Any]) -> list[str]:
         if dataclasses.is_dataclass(hints[f.name]):
             continue  # a section of its own
         default = defaults.get(f.name)
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()  # a list or dict field (dataset.time_stretch, export's card)
         default = default.value if isinstance(default, Enum) else default
         shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
         shown = shown.replace("${generate_home:}/", "./")  # see the note under the table

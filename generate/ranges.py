@@ -52,6 +52,7 @@ DATASET = {
     "num_workers": Between(0, 1024, note="(0 = one per CPU core)"),
     "max_files": Between(0, BIG, note="(0 = no limit)"),
 }
+TIME_STRETCH = Between(0.5, 2.0, note="(each dataset.time_stretch factor; 1.0 is the piece as played)")
 MODEL = {
     "embedding_size": Between(1, 16384),
     "hidden_size": Between(1, 16384),
@@ -79,6 +80,7 @@ TRAIN = {
     "save_every_minutes": Between(0.0, 10**6, note="(0 = only at evaluations)"),
     "eval_tokens": Between(0, BIG, note="(0 = the whole split)"),
     "threads": Between(0, 1024, note="(0 = torch's default)"),
+    "ema_decay": Between(0.0, 0.999999, note="(0 turns it off)"),
 }
 SAMPLING = {
     "temperature": Between(0.0, 100.0, note=f"(0 = greedy, else at least {MIN_TEMPERATURE})"),
@@ -115,6 +117,16 @@ def check(values: Mapping[str, Any], ranges: Mapping[str, Between], prefix: str 
     problems = range_problems(values, ranges, prefix) + (extra or [])
     if problems:
         raise UserError("; ".join(problems))
+
+
+def stretch_problems(factors: Any, tokenizer: Any) -> list[str]:
+    """What is wrong with dataset.time_stretch: each factor in range, and only for the events tokenizer."""
+    factors = list(factors)
+    if factors and str(getattr(tokenizer, "value", tokenizer)) != "events":
+        return [f"dataset.time_stretch={factors} scales performance times: it needs dataset.tokenizer=events "
+                "(a grid tokenizer would round the stretch away); remove it or set dataset.time_stretch=[]"]
+    return [f"dataset.time_stretch factor {f} must be {TIME_STRETCH.describe()}" for f in factors
+            if not TIME_STRETCH.admits(f)]
 
 
 def check_plain_name(key: str, value: str) -> None:

@@ -16,7 +16,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from generate.checkpoint import load_checkpoint, with_digest
+from generate.averaging import evaluated, make_average, restore_weights, weight_entries
+from generate.checkpoint import card_progress, load_checkpoint, model_summary, training_card, with_digest
 from generate.config import TrainRunConfig, to_plain
 from generate.data import IGNORE, load_corpus, split_for_eval, training_stream
 from generate.distributed import (
@@ -64,8 +65,6 @@ class RunSummary:
         return self.run_dir / "best.pt"
 
 
-
-
 class Trainer:
     """One training run. Under torchrun every process builds one: each reads its own rows of the
     token stream, DDP averages gradients, and rank 0 alone writes checkpoints, metrics and the plot."""
@@ -80,6 +79,8 @@ class Trainer:
         main_only(d, lambda: self.lock(stack))
         self.setup_model()
         self.step, self.best_val, self.saved_step, self.hidden = 0, math.inf, None, None
+        # For the model card: the command that trains this run (set by train_run), best step, wall time so far.
+        self.recipe, self.best_step, self.wall_before, self.start_time = "", None, 0.0, time.perf_counter()
         self.last_val: float | None = None
         self.running_loss, self.running_steps = torch.zeros((), device=device), 0  # the log row being summed
         self.resume_hint = "the same command with train.resume=true"
@@ -132,6 +133,7 @@ class Trainer:
                             "lower model.hidden_size or model.num_layers") from None
         if self.d.rank:
             torch.manual_seed(self.cfg.seed + self.d.rank)  # but each rank its own dropout masks
+        self.average = make_average(self.model, self.cfg.ema_decay)  # the weights validation and saves use
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_at(step, self.cfg))
         use_bf16 = self.device.type == "cuda" and self.cfg.bf16
@@ -152,7 +154,8 @@ class Trainer:
         the saved config then records what was used.
         """
         restore = partial(restore_part, self.last_path)
-        restore("weights", lambda: self.model.load_state_dict(ckpt["model"]))
+        restore_weights(self.model, self.average, ckpt, self.last_path, restore, self.say)
+        self.best_step, self.wall_before = card_progress(ckpt)
         check_optimizer_state(ckpt["optimizer"], [p for g in self.optimizer.param_groups for p in g["params"]],
                               self.last_path)
         restore("optimizer state", lambda: self.optimizer.load_state_dict(ckpt["optimizer"]))
@@ -193,7 +196,7 @@ class Trainer:
         tokens_per_step = cfg.batch_size * cfg.seq_len * d.world_size
         bad_steps = 0
         self.last_log_time, self.last_log_step, self.tokens_per_s = time.perf_counter(), self.step, 0.0
-        start_time = time.perf_counter()
+        start_time = self.start_time = time.perf_counter()
         self.schedule_timed_save()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, disable=not d.is_main)
         try:
@@ -246,12 +249,8 @@ class Trainer:
 
     def announce(self) -> None:
         if self.d.is_main:
-            spec = self.spec
-            print(
-                f"model: {self.model.num_parameters():,} parameters, {spec.num_layers} x {spec.hidden_size} GRU "
-                f"({'nn.GRU' if spec.reset_after else 'seed equations'}), vocab {self.tokenizer.vocab_size}, "
-                f"device {self.device}" + (f", {self.d.world_size} processes" if self.d.enabled else "")
-            )
+            print(f"model: {model_summary(self.model)}, vocab {self.tokenizer.vocab_size}, device {self.device}"
+                  + (f", {self.d.world_size} processes" if self.d.enabled else ""))
 
     def train_step(self) -> bool:
         """One optimizer step on the next batch; False (nothing updated) when the loss is not finite."""
@@ -277,6 +276,8 @@ class Trainer:
             return False
         self.optimizer.step()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update_parameters(self.model)
         self.hidden = new_hidden.detach()  # carry the state, not its history (truncated BPTT)
         self.step += 1
         self.running_loss += loss.detach()
@@ -318,10 +319,11 @@ class Trainer:
             return
         self.say(
             f"step {self.step}: val {result.nats_per_token:.4f} nats/token ({result.bits_per_token:.4f} bits/token)"
-            f"{'  [best]' if result.nats_per_token < self.best_val else ''}"
+            + (" (EMA weights)" if self.average else "") + ("  [best]" if result.nats_per_token < self.best_val else "")
         )
         # The row goes first: a checkpoint never lacks its row; resume trims later ones.
-        self.append_metrics({"step": self.step, "val_loss": result.nats_per_token, "val_bits": result.bits_per_token})
+        self.append_metrics({"step": self.step, "val_loss": result.nats_per_token, "val_bits": result.bits_per_token,
+                             "weights": "ema" if self.average else "raw"})  # which weights were scored and saved
         self.save(result)
         if self.d.is_main:
             write_loss_plot(self.metrics_path, self.run_dir / "loss.png")
@@ -330,28 +332,27 @@ class Trainer:
     def validate(self) -> EvalResult:
         # The bare module, not DDP: evaluation must not join DDP's collectives.
         local = evaluate_loss(
-            self.model, self.val_shard, self.separator, self.cfg.eval_batch_size, self.cfg.seq_len, self.device,
-            self.autocast,
+            evaluated(self.model, self.average), self.val_shard, self.separator, self.cfg.eval_batch_size,
+            self.cfg.seq_len, self.device, self.autocast,
         )
         total = all_reduce_sum(self.d, torch.tensor([local.nll, local.tokens], dtype=torch.float64, device=self.device))
         return EvalResult(float(total[0]), int(total[1]))
 
     def save(self, result: EvalResult | None) -> None:
-        """Write last.pt (and best.pt when this is the best so far) with everything an exact resume needs.
-
-        Without a result (Ctrl-C, the timed save) only last.pt is written, carrying the last validation loss.
-        """
+        """Write last.pt (and best.pt when this is the best so far) with everything an exact resume needs;
+        without a result (Ctrl-C, the timed save) only last.pt, carrying the last validation loss."""
         hidden = None if self.hidden is None else self.hidden.detach().cpu()
         window = (float(self.running_loss), self.running_steps)
         states = all_gather(self.d, (self.stream.state_dict(), rng_state(self.device), hidden, window))
         is_best = result is not None and result.nats_per_token < self.best_val
         if result is not None:
             self.best_val, self.last_val = min(self.best_val, result.nats_per_token), result.nats_per_token
-        self.saved_step = self.step
+        self.saved_step, self.best_step = self.step, self.step if is_best else self.best_step
         if not self.d.is_main:
             return
+        config, wall_s = to_plain(self.run), self.wall_before + time.perf_counter() - self.start_time
         ckpt = with_digest({
-            "model": self.model.state_dict(),
+            **weight_entries(self.model, self.average),  # "model": the averaged weights when averaging
             "model_spec": self.spec.to_dict(),
             "tokenizer": self.tokenizer.to_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -362,9 +363,12 @@ class Trainer:
             "rng": [state[1] for state in states],
             "hidden": [state[2] for state in states],
             "log_window": [state[3] for state in states],  # the train-loss row being summed, for an exact curve
-            "config": to_plain(self.run),
+            "config": config,
             "val_loss": self.last_val,
             "best_val": self.best_val,
+            "card": training_card(config, self.model, self.tokenizer, recipe=self.recipe, best_val=self.best_val,
+                                  best_step=self.best_step, wall_time_s=wall_s, device=self.device, processes=self.d.
+                                  world_size, weights=f"ema {self.cfg.ema_decay:g}" if self.average else "raw"),
         })
         # best.pt before last.pt: killed in between, the resume starts from the older last.pt and
         # rewrites both; the other order would leave last.pt claiming a best that best.pt lacks.
@@ -373,8 +377,9 @@ class Trainer:
         atomic_save(ckpt, self.last_path)
 
 
-def train_run(run: TrainRunConfig, run_dir: str | Path | None = None, resume_hint: str = "") -> RunSummary:
-    """Train as `run` says, into `run_dir` (default: checkpoints_dir/run_name); returns the summary."""
+def train_run(run: TrainRunConfig, run_dir: str | Path | None = None, resume_hint: str = "",
+              recipe: str = "") -> RunSummary:
+    """Train as `run` says, into `run_dir` (default: checkpoints_dir/run_name; `recipe`: for the model card)."""
     check_plain_name("run_name", run.run_name)  # also when set after the config was built (the API)
     run_dir = Path(run_dir) if run_dir is not None else Path(run.checkpoints_dir) / run.run_name
     created = not run_dir.exists()
@@ -384,6 +389,7 @@ def train_run(run: TrainRunConfig, run_dir: str | Path | None = None, resume_hin
             trainer = Trainer(run, run_dir, d, device, stack)
             if resume_hint:
                 trainer.resume_hint = resume_hint
+            trainer.recipe = recipe
             return trainer.fit()
     except BaseException:
         if created and d.is_main:

@@ -34,6 +34,7 @@ class Extraction:
     transpose: str = "none"  # none | c | augment
     transpose_range: int = 5
     part: str = ""  # for melodies from scores: take only the part whose name starts with this
+    time_stretch: tuple[float, ...] = ()  # performances: training copies with every time scaled by each factor
 
     def in_range(self, pitch: int) -> bool:
         return self.min_pitch <= pitch <= self.max_pitch
@@ -45,9 +46,27 @@ class Extraction:
         r = self.transpose_range
         return [0] + [k for k in range(-r, r + 1) if k != 0]
 
+    def copies(self) -> list[tuple[int, int, float]]:
+        """Every (key, semitones, time factor) each training piece is also seen in, the piece as it is first.
+
+        The key names the copy in the file table: the semitones, plus 256 x the factor's place in the sorted
+        factors (so 0 is the piece as it is, which alone goes to validation and test).
+        """
+        factors = [1.0] + sorted({float(f) for f in self.time_stretch} - {1.0})
+        return [(k + 256 * i, k, f) for i, f in enumerate(factors) for k in self.shifts()]
+
     @property
     def gap_steps(self) -> int:
         return max(1, round(self.split_silence_quarters * self.steps_per_quarter))
+
+
+def stretched(piece: Piece, factor: float) -> Piece:
+    """The piece played `factor` times as long: every onset, duration and rest scaled, the tempo divided."""
+    if factor == 1.0:
+        return piece
+    slower = piece._scaled(factor, piece.unit)  # the scaling a change of unit uses, here within one unit
+    slower.qpm = piece.qpm / factor if piece.qpm else piece.qpm
+    return slower
 
 
 # ---------------------------------------------------------------- keys and registers

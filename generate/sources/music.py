@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from generate.errors import UserError
-from generate.music.extract import Extraction, key_shift
+from generate.music.extract import Extraction, key_shift, stretched
 from generate.music.midifile import MidiSkip
 from generate.music.notes import Track
 from generate.music.read import midi_tracks, read_midi, read_scores, score_tracks
@@ -63,6 +63,7 @@ def make_extraction(cfg: Any, tokenizer: MusicTokenizer, part: str = "") -> Extr
         transpose=cfg.transpose.value,
         transpose_range=cfg.transpose_range,
         part=part,
+        time_stretch=tuple(getattr(cfg, "time_stretch", None) or ()),
     )
 
 
@@ -72,7 +73,7 @@ def settings_key(cfg: Any) -> str:
         "tokenizer", "steps_per_quarter", "min_pitch", "max_pitch", "monophony", "split_silence_quarters",
         "min_melody_steps", "transpose", "transpose_range", "max_files", "val_fraction", "test_fraction",
     )
-    keys += tuple(k for k in ("metre", "controls") if getattr(cfg, k, None) not in (None, "none", False))
+    keys += tuple(k for k in ("metre", "controls", "time_stretch") if getattr(cfg, k, None) not in (None, "none", False, []))
     values = [getattr(cfg, k) for k in keys]
     return f"extract-v{EXTRACT_VERSION}|split-v{SPLIT_RULE}|" + "|".join(f"{k}={getattr(v, 'value', v)}" for k, v in zip(keys, values))
 
@@ -118,13 +119,13 @@ def tokenize_tracks(name: str, tracks: list[Track], tok: MusicTokenizer, ex: Ext
         pitched = [t.transposed(shift) for t in pitched]  # key and bars travel with the notes
     pieces = tok.extract(pitched, ex, result.counts)
     for piece in pieces:
-        docs = {}
-        for k in ex.shifts():
-            moved = piece.transposed(k) if k else piece
+        docs = {}  # by the copy's key (see Extraction.copies): 0 is the piece as it is (val and test keep only that)
+        for key, k, factor in ex.copies():
+            moved = stretched(piece.transposed(k) if k else piece, factor)
             span = moved.pitch_range()
             if span is None or (tok.in_range(span[0]) and tok.in_range(span[1])):
                 # int32 arrays, not lists: 4 bytes a token in the pool's pickles and the parent's memory, not ~36.
-                docs[k] = np.asarray(tok.encode(moved), dtype=np.int32)
+                docs[key] = np.asarray(tok.encode(moved), dtype=np.int32)
             else:
                 result.counts["transposed copies out of range skipped"] += 1
         result.docs.append(docs)
@@ -218,7 +219,7 @@ def assemble(cfg: Any, tokenizer: MusicTokenizer, table: FileTable, source: str,
             "check the files play in a MIDI player, or lower dataset.min_melody_steps"
         )
     doc_split = assign_splits(table, cfg.val_fraction, cfg.test_fraction)
-    # Transposed copies are training data only; val and test stay as written.
+    # Transposed and time-stretched copies are training data only; val and test stay as written.
     chosen = {"train": np.flatnonzero(doc_split == 0), "val": np.flatnonzero((doc_split == 1) & (docs[:, SHIFT] == 0)),
               "test": np.flatnonzero((doc_split == 2) & (docs[:, SHIFT] == 0))}
     order = list(range(len(chosen["train"])))
@@ -267,7 +268,8 @@ def report(cfg: Any, stats: dict[str, Any], skipped: str) -> None:
     docs, tokens = stats["documents"], stats["tokens"]
     print(f"dataset {cfg.name}: documents train/val/test {docs['train']:,}/{docs['val']:,}/{docs['test']:,}, tokens "
           f"{tokens['train']:,}/{tokens['val']:,}/{tokens['test']:,}"
-          + (" (train includes transposed copies)" if cfg.transpose.value == "augment" else ""))
+          + (" (train includes transposed copies)" if cfg.transpose.value == "augment" else "")
+          + (" (train includes time-stretched copies)" if getattr(cfg, "time_stretch", None) else ""))
 
 
 # ---------------------------------------------------------------- sources
