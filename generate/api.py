@@ -103,8 +103,7 @@ class Model:
         return isinstance(self.tokenizer, MusicTokenizer)
 
     def card(self) -> dict[str, Any]:
-        """What this model is: dataset, tokenizer, size, training steps and validation loss, and the card stored
-        in the checkpoint (recipe, date, best step, wall time, device, figures added at export) when it has one."""
+        """What this model is (dataset, tokenizer, size, steps, val loss), over the checkpoint's stored card if any."""
         config = self.checkpoint.get("config", {})
         stored = self.checkpoint.get("card")
         return {**(stored if isinstance(stored, dict) else {}),
@@ -291,10 +290,8 @@ class Model:
     ) -> EvalResult:
         """The loss on a split of the model's own dataset (every token, each document from a fresh state).
 
-        `max_tokens` > 0: a fixed sample of about that many tokens. Polyphonic models also get the NLL per time
-        step with each piece's first step excluded, and the canonical-order NLL (`canonical` None: when the
-        tokenizer has a canonical order; True: required; False: skipped); see EvalResult.
-        """
+        `max_tokens` > 0: a fixed sample of about that many tokens. Polyphonic models also get the first-step-excluded
+        and canonical-order figures (`canonical` None: when the tokenizer has the order; False: skipped); see EvalResult."""
         split = str(getattr(split, "value", split))
         if split not in SPLITS:
             raise UserError(f"split={split!r} is not one of {', '.join(SPLITS)}")

@@ -146,10 +146,8 @@ def run_evaluate(cfg: Any) -> Any:
     result = model.evaluate(split, batch_size=settings.batch_size, seq_len=settings.seq_len,
                             dataset_path=settings.dataset_path, cache_dir=settings.cache_dir,
                             max_tokens=settings.max_tokens, canonical=settings.canonical)
-    line = (
-        f"{model.card()['dataset']} {split}: {result.nats_per_token:.4f} nats/token, "
-        f"{result.bits_per_token:.4f} bits/token over {result.tokens:,} tokens"
-    )
+    line = (f"{model.card()['dataset']} {split}: {result.nats_per_token:.4f} nats/token, "
+            f"{result.bits_per_token:.4f} bits/token over {result.tokens:,} tokens")
     if result.nll_per_time_step is not None:
         line += f"; NLL {result.nll_per_time_step:.4f} nats per time step over {result.time_steps:,} steps"
     print(line)

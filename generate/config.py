@@ -171,9 +171,7 @@ class ModelConfig:
     hidden_size: int = 512  # GRU width
     num_layers: int = 2  # stacked GRU layers
     dropout: float = 0.1  # between GRU layers and on the embedding / GRU output
-    # true: torch.nn.GRU (cuDNN on CUDA), reset applied after the recurrent product.
-    # false: the seed equations, reset applied to h before the product.
-    reset_after: bool = True  # true: torch.nn.GRU (cuDNN); false: the seed equations (reset before the product)
+    reset_after: bool = True  # true: torch.nn.GRU (cuDNN), reset after the product; false: the seeds' reset before it
     tie_weights: bool = False  # needs embedding_size == hidden_size
     # Regularizers (generate/regularize.py), all off by default:
     embedding_dropout: float = 0.0  # probability of dropping a whole embedding row (token dropout), training only
