@@ -39,6 +39,16 @@ def test_every_recipe_composes_against_the_schema(recipe: str) -> None:
     assert cfg.train.max_steps > 0 and cfg.model.hidden_size > 0
 
 
+@pytest.mark.parametrize("option", sorted(p.stem for p in (PROJECT_ROOT / "conf" / "ablation").glob("*.yaml")))
+def test_each_ablation_option_changes_only_what_it_names(option: str) -> None:
+    """conf/ablation/<x>.yaml adds one regularizer to any recipe (the ablation sweep in docs/results.md)."""
+    base = to_plain(compose_config("config", ["+experiment=jsb"]))
+    changed = to_plain(compose_config("config", ["+experiment=jsb", f"+ablation={option}"]))
+    differences = {f"{group}.{key}" for group in ("dataset", "model", "train") for key in base[group]
+                   if base[group][key] != changed[group][key]}
+    assert len(differences) == (0 if option == "none" else 1), differences
+
+
 def test_dataset_from_checkpoint_puts_the_cache_under_generate_home(tmp_path, monkeypatch):
     """A checkpoint's dataset settings get a real cache folder, never the literal "${generate_home:}"."""
     from generate.config import dataset_from_checkpoint
