@@ -29,7 +29,7 @@ def job_row(folder: Path) -> dict[str, Any] | None:
     train = [r for r in rows if "train_loss" in r]
     best, at = min(vals) if vals else (float("nan"), -1)
     return {
-        "job": folder.name,
+        "job": f"{folder.parent.name}/{folder.name}" if (folder.parent / "multirun.yaml").is_file() else folder.name,
         "best val (nats/token)": f"{best:.4f}",  # four decimals: the differences a sweep looks for
         "at step": at,
         "last step": rows[-1]["step"] if rows else 0,
@@ -56,8 +56,10 @@ def main() -> None:
     missing = [str(p) for p in args.folders if not p.is_dir()]
     if missing:
         sys.exit(f"error: not a run folder: {', '.join(missing)}; give checkpoints/<run_name>")
-    rows = [row for folder in jobs(args.folders) if (row := job_row(folder))]
-    rows.sort(key=lambda r: float(r["best val (nats/token)"]))
+    rows = []
+    for given in args.folders:  # each folder's jobs together, best first
+        found = [row for folder in jobs([given]) if (row := job_row(folder))]
+        rows += sorted(found, key=lambda r: float(r["best val (nats/token)"]))
     table = markdown_table(rows, list(rows[0]) if rows else ["job"])
     print(table)
     if args.name:
