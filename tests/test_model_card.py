@@ -127,3 +127,12 @@ def test_every_shipped_model_carries_its_card() -> None:
     for name in ("jsb", "nottingham", "musedata", "pianomidi"):
         card = generate.load(name).card()
         assert 0 < card["test_nll_per_step_canonical"] <= card["test_nll_per_step"], name
+
+
+def test_the_summary_names_the_regularizers_a_model_trains_with() -> None:
+    from generate.checkpoint import model_summary
+    from generate.model import GRULanguageModel, ModelSpec
+
+    assert "(nn.GRU)" in model_summary(GRULanguageModel(ModelSpec(65, hidden_size=16)))
+    summary = model_summary(GRULanguageModel(ModelSpec(65, hidden_size=16, zoneout=0.1, layer_norm=True)))
+    assert "(nn.GRU's form; zoneout 0.1, layer norm)" in summary
