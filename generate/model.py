@@ -34,9 +34,16 @@ class ModelSpec:
 
     @property
     def regularized(self) -> bool:
-        """Whether any regularizer is on (then the model runs generate/regularize.py's stack)."""
-        return bool(self.embedding_dropout or self.variational_dropout or self.weight_drop or self.zoneout
-                    or self.layer_norm)
+        """Whether any regularizer is on (locked masks count only with model.dropout > 0)."""
+        return self.needs_regularized_path(training=True)
+
+    def needs_regularized_path(self, training: bool) -> bool:
+        """Whether a forward call must run generate/regularize.py's stack: layer norm and zoneout always
+        change the function; the other three act in training only, so evaluation keeps the fast paths."""
+        if self.layer_norm or self.zoneout:
+            return True
+        return training and bool(self.embedding_dropout or self.weight_drop
+                                 or (self.variational_dropout and self.dropout))
 
     @classmethod
     def from_config(cls, vocab_size: int, cfg: Any) -> ModelSpec:
@@ -85,7 +92,7 @@ class GRULanguageModel(nn.Module):
 
     def forward(self, tokens: Tensor, hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """tokens: (B, T) int64, hidden: (L, B, H) → logits (B, T, V), hidden (L, B, H)."""
-        if self.spec.regularized:
+        if self.spec.needs_regularized_path(self.training):
             return self._forward_regularized(tokens, hidden)
         if self.fused and not (self.spec.reset_after and (tokens.is_cuda or self._short_inference(tokens))):
             # Time-major throughout, so every step of the recurrence reads contiguous memory;

@@ -360,3 +360,17 @@ def test_every_regularizer_trains_and_samples_on_each_device(device: str) -> Non
     with torch.no_grad():
         expected = model(tokens[:, :12])[0]
     torch.testing.assert_close(sample_logits(model, tokens[:, :12], use_native=False), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("setting", [{"embedding_dropout": 0.2}, {"weight_drop": 0.2}, {"variational_dropout": True}])
+def test_training_only_regularizers_leave_evaluation_on_the_plain_fast_path(setting, monkeypatch) -> None:
+    model = tiny(**setting)
+    calls = []
+    original = regularize.stack
+    monkeypatch.setattr(regularize, "stack", lambda *a, **k: calls.append(1) or original(*a, **k))
+    tokens = torch.randint(0, 13, (2, 5))
+    model.train()(tokens)
+    assert calls == [1]  # training applies the regularizer
+    model.eval()(tokens)
+    assert calls == [1]  # evaluation computes the same function without it
+    assert not ModelSpec(vocab_size=13, dropout=0.0, variational_dropout=True).regularized  # no mask to lock
