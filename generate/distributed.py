@@ -85,9 +85,23 @@ def peers_watched(d: Dist, timeout_minutes: float) -> Iterator[None]:
         ) from None
 
 
-def close_distributed(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+@contextmanager
+def distributed_job(device: torch.device, timeout_minutes: float) -> Iterator[tuple[Dist, torch.device]]:
+    """Join the torchrun job for the block (peers watched); leave it on the way out.
+
+    After a clean finish every rank waits for the others before tearing the group down: a rank
+    that left while rank 0 was still writing last.pt now and then aborted at exit ("terminate
+    called without an active exception"). After an error nobody waits: a peer may be gone.
+    """
+    d, device = init_distributed(device, timeout_minutes)
+    try:
+        with peers_watched(d, timeout_minutes):
+            yield d, device
+            if d.enabled:
+                dist.barrier(group=_setup_group)
+    finally:
+        if d.enabled and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _broadcast(obj: Any) -> Any:

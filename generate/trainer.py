@@ -24,11 +24,9 @@ from generate.distributed import (
     Dist,
     all_gather,
     all_reduce_sum,
-    close_distributed,
-    init_distributed,
+    distributed_job,
     main_first,
     main_only,
-    peers_watched,
 )
 from generate.errors import Interrupted, UserError
 from generate.interrupts import StopRequests
@@ -383,17 +381,15 @@ def train_run(run: TrainRunConfig, run_dir: str | Path | None = None, resume_hin
     check_plain_name("run_name", run.run_name)  # also when set after the config was built (the API)
     run_dir = Path(run_dir) if run_dir is not None else Path(run.checkpoints_dir) / run.run_name
     created = not run_dir.exists()
-    d, device = init_distributed(resolve_device(run.train.device), run.train.dist_timeout_minutes)
-    try:
-        with peers_watched(d, run.train.dist_timeout_minutes), ExitStack() as stack:  # holds the run-folder lock
-            trainer = Trainer(run, run_dir, d, device, stack)
-            if resume_hint:
-                trainer.resume_hint = resume_hint
-            trainer.recipe = recipe
-            return trainer.fit()
-    except BaseException:
-        if created and d.is_main:
-            remove_if_unused(run_dir)
-        raise
-    finally:
-        close_distributed(d)
+    with distributed_job(resolve_device(run.train.device), run.train.dist_timeout_minutes) as (d, device):
+        try:
+            with ExitStack() as stack:  # holds the run-folder lock
+                trainer = Trainer(run, run_dir, d, device, stack)
+                if resume_hint:
+                    trainer.resume_hint = resume_hint
+                trainer.recipe = recipe
+                return trainer.fit()
+        except BaseException:
+            if created and d.is_main:
+                remove_if_unused(run_dir)
+            raise
