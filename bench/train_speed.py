@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 from common import (
     bare_loop,
+    clock,
     command_line,
     compose,
     fraction_of_rate,
@@ -64,10 +64,11 @@ def trainer_run(layers: int, hidden: int, steps: int, device: torch.device, work
 
     def run() -> float:
         stamps: list[float] = []
+        now = clock(device)  # the same timer as the bare loops it is compared with
 
         def stamped(self: Any) -> Any:
             sync(device)  # the trainer syncs every step anyway (finite-gradient check); this aligns stamps on CUDA
-            stamps.append(time.perf_counter())
+            stamps.append(now())
             return original(self)
 
         cfg = compose(
