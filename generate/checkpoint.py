@@ -151,8 +151,9 @@ def model_summary(model: GRULanguageModel) -> str:
     """`2,612,865 parameters, 2 x 512 GRU (nn.GRU), embedding 128`: what training announces and the card says."""
     spec = model.spec
     form = "nn.GRU" if spec.reset_after else "seed equations"
-    if spec.regularized:  # these run the project's own stack (generate/regularize.py), never nn.GRU itself
-        on = {"embedding dropout": spec.embedding_dropout, "locked dropout": spec.variational_dropout,
+    if spec.regularized:  # training runs the project's own stack (generate/regularize.py), never nn.GRU itself
+        locked = spec.variational_dropout and spec.dropout  # the rate; locking nothing (dropout 0) is not listed
+        on = {"embedding dropout": spec.embedding_dropout, "locked dropout": locked,
               "weight drop": spec.weight_drop, "zoneout": spec.zoneout, "layer norm": spec.layer_norm}
         form = ("nn.GRU's form" if spec.reset_after else form) + "; " + ", ".join(
             name if value is True else f"{name} {value:g}" for name, value in on.items() if value)

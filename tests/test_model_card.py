@@ -136,3 +136,5 @@ def test_the_summary_names_the_regularizers_a_model_trains_with() -> None:
     assert "(nn.GRU)" in model_summary(GRULanguageModel(ModelSpec(65, hidden_size=16)))
     summary = model_summary(GRULanguageModel(ModelSpec(65, hidden_size=16, zoneout=0.1, layer_norm=True)))
     assert "(nn.GRU's form; zoneout 0.1, layer norm)" in summary
+    locked = ModelSpec(65, hidden_size=16, dropout=0.0, zoneout=0.1, variational_dropout=True)
+    assert "(nn.GRU's form; zoneout 0.1)" in model_summary(GRULanguageModel(locked))  # no dropout, nothing locked
