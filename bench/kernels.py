@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from common import command_line, interleave, median, parse_args, write_results
 
-from generate.gru import tanh_
+from generate.recurrence import tanh_
 
 
 def per_call(fn: Callable[[], object], calls: int) -> Callable[[], float]:
@@ -84,12 +84,12 @@ def main() -> None:
         x, y = torch.randn(size), torch.empty(size)
         results = interleave(
             {"copy + tensor.tanh_()": per_call(lambda x=x, y=y: y.copy_(x).tanh_(), 500),
-             "copy + gru.tanh_ (2σ(2x) − 1)": per_call(lambda x=x, y=y: tanh_(y.copy_(x)), 500),
+             "copy + recurrence.tanh_ (2σ(2x) − 1)": per_call(lambda x=x, y=y: tanh_(y.copy_(x)), 500),
              "copy only": per_call(lambda x=x, y=y: y.copy_(x), 500)},
             repeats,
         )
         copy = median(results["copy only"])
-        plain, ours = median(results["copy + tensor.tanh_()"]) - copy, median(results["copy + gru.tanh_ (2σ(2x) − 1)"]) - copy
+        plain, ours = median(results["copy + tensor.tanh_()"]) - copy, median(results["copy + recurrence.tanh_ (2σ(2x) − 1)"]) - copy
         tanh_rows.append({"elements": size, "tensor.tanh_ µs": plain * 1e6, "2σ(2x) − 1 µs": ours * 1e6, "speed-up": plain / ours})
 
     gemv_rows = []

@@ -29,58 +29,11 @@ from generate.music.notes import Piece
 from generate.paths import home
 from generate.ranges import EVALUATE, MAX_MUSIC_TOKENS, check
 from generate.runtime import resolve_device
+from generate.samples import MusicSample, TextSample
 from generate.scoring import EvalResult, score_documents
 from generate.sources import SPLITS, Corpus
 from generate.tokenizers import MusicTokenizer, Tokenizer
 from generate.trainer import RunSummary, train_run
-
-
-class TextSample(str):
-    """A generated text: a str that can also write itself to a file."""
-
-    def write(self, path: str | Path) -> Path:
-        Path(path).write_text(self, encoding="utf-8")
-        return Path(path)
-
-
-class MusicSample:
-    """A generated piece with the rendering hints of its tokenizer: write it as MIDI, MusicXML, WAV or PNG."""
-
-    def __init__(self, piece: Piece, hints: dict[str, Any], qpm: float = 120.0):
-        # `qpm` is the fallback tempo: a piece that carries its own (piece.qpm) is written at that.
-        self.piece, self.hints, self.qpm = piece, hints, piece.qpm if piece.qpm and piece.qpm > 0 else qpm
-
-    def write(self, path_stem: str | Path, *, instrument: str | int | None = None, soundfont: str | None = None) -> list[Path]:
-        """path_stem.mid, .musicxml, .wav and a piano-roll .png; returns the paths written.
-
-        `instrument`: a General MIDI program or name (flute, violin, ...; None: piano) for the .mid and .wav;
-        `soundfont`: the .sf2/.sf3 the .wav is played with (None: a system one, else sine waves).
-        """
-        from generate.music.render import write_music
-
-        Path(path_stem).parent.mkdir(parents=True, exist_ok=True)
-        return write_music(self.piece, path_stem, self.qpm, **self.hints, instrument=instrument, soundfont=soundfont)
-
-    def to_midi(self, instrument: str | int | None = None) -> Any:
-        """A pretty_midi.PrettyMIDI of the piece (call .write(path) on it for a .mid file)."""
-        from generate.music.audio import program_for
-        from generate.music.render import sensible_register, to_pretty_midi
-
-        piece = sensible_register(self.piece) if self.hints.get("melody") else self.piece
-        return to_pretty_midi(piece, self.qpm, program_for(instrument))
-
-    def to_musicxml(self, path: str | Path) -> Path:
-        from generate.music.render import write_musicxml
-
-        return write_musicxml(self.piece, Path(path), self.qpm, self.hints.get("grand_staff", True) and not self.hints.get("melody"))
-
-    def to_wav(self, path: str | Path, *, instrument: str | int | None = None, soundfont: str | None = None) -> Path:
-        from generate.music.render import write_wav
-
-        return write_wav(self.to_midi(instrument), Path(path), self.piece.in_seconds(self.qpm).duration, soundfont)
-
-    def __repr__(self) -> str:
-        return f"MusicSample({len(self.piece.notes)} notes, {self.piece.in_seconds(self.qpm).duration:.1f} s)"
 
 
 class Model:
@@ -286,21 +239,23 @@ class Model:
 
     def evaluate(
         self, split: str = "test", *, batch_size: int = 64, seq_len: int = 256, dataset_path: str | None = None,
-        cache_dir: str | None = None, max_tokens: int = 0, canonical: bool | None = None,
+        cache_dir: str | None = None, max_tokens: int = 0, canonical: bool | None = None, transpositions: int = 0,
     ) -> EvalResult:
         """The loss on a split of the model's own dataset (every token, each document from a fresh state).
 
         `max_tokens` > 0: a fixed sample of about that many tokens. Polyphonic models also get the first-step-excluded
-        and canonical-order figures (`canonical` None: when the tokenizer has the order; False: skipped); see EvalResult."""
+        and canonical-order figures (`canonical` None: when the tokenizer has the order; False: skipped); see EvalResult.
+        `transpositions` K > 0 (polyphonic): the figures of the mixture of the model's views -K..K semitones away."""
         split = str(getattr(split, "value", split))
         if split not in SPLITS:
             raise UserError(f"split={split!r} is not one of {', '.join(SPLITS)}")
-        check({"batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens}, EVALUATE)
+        check({"batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens, "transpositions": transpositions},
+              EVALUATE)
         corpus = self.dataset(dataset_path, cache_dir)
         if not corpus.splits[split]:
             raise UserError(f"the {split} split of this model's dataset is empty")
         return score_documents(self.net, self.tokenizer, corpus.splits[split], batch_size, seq_len, self.device,
-                               max_tokens, canonical)
+                               max_tokens, canonical, transpositions)
 
 
 def load(name_or_path: str | Path | None = None, device: str = "cpu") -> Model:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import shutil
 import sys
@@ -12,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from generate.arguments import prepare_arguments
 from generate.config import (
     CONFIG_DIR,
     EvaluateConfig,
@@ -111,7 +111,7 @@ def write_text_samples(model: Any, settings: SampleConfig, prompt: str, out_dir:
     """
     from tqdm import tqdm
 
-    from generate.api import TextSample
+    from generate.samples import TextSample
 
     paths = [out_dir / f"sample_{i}.txt" for i in range(settings.num_samples)]
     pieces = model.stream_samples(prompt, temperature=settings.temperature, top_k=settings.top_k,
@@ -145,7 +145,11 @@ def run_evaluate(cfg: Any) -> Any:
     split = settings.split.value
     result = model.evaluate(split, batch_size=settings.batch_size, seq_len=settings.seq_len,
                             dataset_path=settings.dataset_path, cache_dir=settings.cache_dir,
-                            max_tokens=settings.max_tokens, canonical=settings.canonical)
+                            max_tokens=settings.max_tokens, canonical=settings.canonical,
+                            transpositions=settings.transpositions)
+    if result.transpositions:
+        k = result.transpositions
+        print(f"scored as the mixture of {2 * k + 1} transposed views of the model ({-k:+d}..{k:+d} semitones)")
     line = (f"{model.card()['dataset']} {split}: {result.nats_per_token:.4f} nats/token, "
             f"{result.bits_per_token:.4f} bits/token over {result.tokens:,} tokens")
     if result.nll_per_time_step is not None:
@@ -333,48 +337,6 @@ def report_errors(task: Callable[[Any], Any], cfg: Any) -> Any:
         if not getattr(err, "explained", False):  # else the trainer has already said where its work is
             print("interrupted", file=sys.stderr)
         sys.exit(128 + getattr(err, "signum", 2))
-
-
-HYDRA_FLAGS = {"--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i", "--hydra-help", "--multirun", "-m",
-               "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--shell-completion", "-sc",
-               "--run", "-r", "--version", "--experimental-rerun"}
-SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:+@~%")
-
-
-def quote_text(value: str, literal: bool = False) -> str:
-    """A value as a Hydra single-quoted string: commas, `!` and quotes stay text; `${` too when `literal`."""
-    value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # backslashes before a quote or the end
-    value = value.replace("'", "\\'")
-    return "'" + (value.replace("${", "\\${") if literal else value) + "'"
-
-
-def prepare_arguments(command: str, args: list[str]) -> list[str]:
-    """The command line as Hydra needs it: free-text values quoted, argparse habits refused with the fix."""
-    from generate.help import setting_names, text_settings
-
-    names, texts = setting_names(command), text_settings(command)
-    for i, arg in enumerate(args):
-        if arg.startswith("-") and arg.split("=", 1)[0] not in HYDRA_FLAGS:
-            key = arg.lstrip("-").split("=", 1)[0]
-            if key in names:
-                value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "VALUE")
-                fail(f"write settings as key=value without dashes: {key}={value} (not {arg}); "
-                     f"see python -m generate.{command} --help")
-    if any(a in ("-m", "--multirun") for a in args):
-        return args  # a sweep: commas in values are the user's to mean
-    prepared = []
-    for arg in args:
-        key, _, value = arg.partition("=")
-        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
-        if key in texts and value and not quoted and not set(value) <= SAFE:
-            arg = f"{key}={quote_text(value, literal=key == 'prompt')}"  # a prompt is text, never an interpolation
-        prepared.append(arg)
-    return prepared
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def main(command: str, task: Callable[[Any], Any] | None = None) -> None:

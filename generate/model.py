@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from generate import regularize
 from generate.decoding import generate_tokens
-from generate.gru import GRU, fold_biases, gate_bias, gru_stack, layer_weights, tanh_for
+from generate.gru import GRU, dropout, gru_stack, layer_weights
+from generate.recurrence import fold_biases, gate_bias, tanh_for
 
 
 @dataclass
@@ -111,9 +112,9 @@ class GRULanguageModel(nn.Module):
         # layer norm are applied. Time-major, as the fused path above.
         spec, training = self.spec, self.training
         weight = regularize.embedding_dropout(self.embedding.weight, spec.embedding_dropout, training)
-        x = regularize.dropout(nn.functional.embedding(tokens.t(), weight), spec.dropout, training, spec.variational_dropout)
+        x = dropout(nn.functional.embedding(tokens.t(), weight), spec.dropout, training, spec.variational_dropout)
         output, hidden = regularize.stack(x, hidden, layer_weights(self.rnn), getattr(self, "norms", None), spec, training)
-        output = regularize.dropout(output, spec.dropout, training, spec.variational_dropout)
+        output = dropout(output, spec.dropout, training, spec.variational_dropout)
         return self.head(output).transpose(0, 1).contiguous(), hidden
 
     def _short_inference(self, tokens: Tensor) -> bool:
@@ -220,7 +221,7 @@ class Stepper:
         self.gh_rz, self.gh_r, self.gh_z, self.gh_n = h[:, : 2 * size], h[:, :size], h[:, size : 2 * size], h[:, 2 * size :]
         self.states = list(self.hidden.unbind(0))
         self.plan = list(zip(self.layers, self.states, strict=True))
-        self.tanh = tanh_for(batch * size)  # batch 1: one tanh_ call beats gru.tanh_'s four
+        self.tanh = tanh_for(batch * size)  # batch 1: one tanh_ call beats recurrence.tanh_'s four
 
     def step(self, tokens: Tensor) -> Tensor:
         """tokens: (N,) int64 → logits (N, V) for the next token (a buffer overwritten by the next step)."""

@@ -94,7 +94,8 @@ SAMPLING = {
     "threads": Between(0, 1024, note="(0 = torch's default)"),
 }
 EVALUATE = {"batch_size": Between(1, 65536), "seq_len": Between(1, 10**6), "threads": Between(0, 1024),
-            "max_tokens": Between(0, 10**12, note="(0 = the whole split)")}
+            "max_tokens": Between(0, 10**12, note="(0 = the whole split)"),
+            "transpositions": Between(0, 12, note="(0 = the model alone)")}
 
 
 def range_problems(values: Mapping[str, Any], ranges: Mapping[str, Between], prefix: str = "") -> list[str]:

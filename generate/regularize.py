@@ -8,7 +8,7 @@ Every one is a model.* setting, off by default; a model with all of them off nev
 - variational_dropout: the model.dropout masks (embedding output, between layers, before the head) are
   drawn once per sequence, shape (1, B, F), and shared by every time step (locked dropout).
 - weight_drop p: DropConnect on each layer's W_hh, one mask per forward call (per batch). The masked
-  matrix goes into gru.recurrence, whose hand-written backward takes w_hh as an input, so autograd
+  matrix goes into recurrence.recurrence, whose hand-written backward takes w_hh as an input, so autograd
   chains through the mask and the fused path is kept.
 - zoneout p: in training each hidden unit keeps its previous value with probability p per step,
   h_t = m ⊙ h_{t−1} + (1 − m) ⊙ GRU(x_t, h_{t−1}), m ~ Bernoulli(p); at evaluation the expectation
@@ -26,8 +26,9 @@ Every one is a model.* setting, off by default; a model with all of them off nev
       c = LN(W_hrz h; g_hh) + b_hrz                             (2H: the r and z rows of W_hh)
       r = σ(a_r + c_r),  z = σ(a_z + c_z)
       h̃ = tanh(a_n + LN(W_hn (r ⊙ h); g_hn) + b_hn),           h' = (1 − z) ⊙ h + z ⊙ h̃
-Training with zoneout (without layer norm) draws the masks here and runs them inside gru.recurrence,
-forward and hand-written backward (dh_{t−1} gets m ⊙ dh_t directly, the GRU's output (1 − m) ⊙ dh_t).
+Locked dropout between layers, weight drop and training with zoneout (without layer norm) stay on the fused
+path: gru.gru_stack draws their masks and recurrence.recurrence runs zoneout's inside its forward and
+hand-written backward (dh_{t−1} gets m ⊙ dh_t directly, the GRU's output (1 − m) ⊙ dh_t).
 Layer norm, and zoneout at evaluation, run an autograd-recorded loop over time (cell_step per step).
 Their cost is measured in bench/regularizers.py.
 """
@@ -40,7 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from generate.gru import LayerWeights, _autocast_on, fold_biases, recurrence
+from generate.gru import LayerWeights, drop_connect, dropout, gru_stack
+from generate.recurrence import autocast_on
 
 EPS = 1e-5  # layer norm's ε, as torch.nn.LayerNorm
 
@@ -51,20 +53,6 @@ def embedding_dropout(weight: Tensor, p: float, training: bool) -> Tensor:
         return weight
     mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p).div_(1 - p)
     return weight * mask
-
-
-def dropout(x: Tensor, p: float, training: bool, locked: bool) -> Tensor:
-    """Dropout of x (T, B, F): per element and step, or (locked) one mask per sequence for every step."""
-    if not training or p == 0:
-        return x
-    if not locked:
-        return nn.functional.dropout(x, p, training=True)
-    return x * x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(1 - p).div_(1 - p)
-
-
-def weight_drop(w_hh: Tensor, p: float, training: bool) -> Tensor:
-    """DropConnect: each recurrent weight zeroed with probability p (the rest scaled), one mask per call."""
-    return nn.functional.dropout(w_hh, p, training=True) if training and p > 0 else w_hh
 
 
 def layer_norm(v: Tensor, gain: Tensor) -> Tensor:
@@ -145,26 +133,26 @@ def stack(
     x: Tensor, h0: Tensor | None, weights: Sequence[LayerWeights], gains: LayerNormGains | None, spec: Any,
     training: bool,
 ) -> tuple[Tensor, Tensor]:
-    """gru.gru_stack with the regularizers of `spec` (a ModelSpec): x (T, B, I) → (T, B, H), (L, B, H)."""
+    """gru.gru_stack with the regularizers of `spec` (a ModelSpec): x (T, B, I) → (T, B, H), (L, B, H).
+
+    Layer norm, and zoneout at evaluation (its expectation), run the autograd-recorded loop (cell_loop); every other
+    combination is gru_stack's fused path, which takes locked dropout, weight drop and zoneout's masks itself.
+    """
+    if not (spec.layer_norm or (spec.zoneout > 0 and not training)):
+        return gru_stack(x, h0, weights, spec.reset_after, spec.dropout, training, locked=spec.variational_dropout,
+                         weight_drop=spec.weight_drop, zoneout=spec.zoneout)
     hidden = weights[0][1].shape[1]
-    autocast = _autocast_on(x.device.type)
+    autocast = autocast_on(x.device.type)
     if h0 is None:
         h0 = x.new_zeros(len(weights), x.shape[1], hidden, dtype=torch.float32 if autocast else None)
-    looped = spec.layer_norm or (spec.zoneout > 0 and not training)  # evaluation: the expectation, in the loop
-    zoneout = spec.zoneout if training else 0.0
     last_states = []
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
         if layer > 0:
             x = dropout(x, spec.dropout, training, spec.variational_dropout)
-        w_hh = weight_drop(w_hh, spec.weight_drop, training)
-        if looped:
-            g_ih, g_hh, g_hn = gains.layer(layer) if gains is not None else (None, None, None)
-            with torch.autocast(x.device.type, enabled=False):  # the state stays float32, as in gru.recurrence
-                a = input_part(x.float() if autocast else x, w_ih, b_ih, g_ih)
-                x = cell_loop(a, h0[layer], w_hh, b_hh, spec.reset_after, spec.zoneout, training, g_hh, g_hn)
-        else:  # the fused recurrence: the (maybe masked) w_hh and zoneout's masks are among its inputs
-            bias, b_hn = fold_biases(b_ih, b_hh, spec.reset_after)
-            keep = h0.new_empty(x.shape[0], *h0.shape[1:]).bernoulli_(zoneout) if zoneout > 0 else None
-            x = recurrence(nn.functional.linear(x, w_ih, bias), h0[layer], w_hh, b_hn, spec.reset_after, keep)
+        g_ih, g_hh, g_hn = gains.layer(layer) if gains is not None else (None, None, None)
+        with torch.autocast(x.device.type, enabled=False):  # the state stays float32, as in recurrence.recurrence
+            a = input_part(x.float() if autocast else x, w_ih, b_ih, g_ih)
+            x = cell_loop(a, h0[layer], drop_connect(w_hh, spec.weight_drop, training), b_hh, spec.reset_after,
+                          spec.zoneout, training, g_hh, g_hn)
         last_states.append(x[-1])
     return x, torch.stack(last_states, dim=0)

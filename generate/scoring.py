@@ -29,6 +29,7 @@ class EvalResult:
     first_frames: int = 0  # pieces whose first step was scored (one time step each)
     nll_canonical: float | None = None  # renormalized over the tokens canonical order allows (None: not computed)
     first_frame_nll_canonical: float = 0.0
+    transpositions: int = 0  # K > 0: every figure is the TranspositionMixture's, 2K + 1 views of the model
 
     @property
     def nats_per_token(self) -> float:
@@ -133,6 +134,37 @@ class FrameSums:
             result.first_frame_nll_canonical += float(self.sums[2])
 
 
+class TranspositionMixture(torch.nn.Module):
+    """A polyphonic model scored as the equal mixture of its 2K + 1 transposed views (test-time transposition).
+
+    View k reads the piece moved by k semitones (-K <= k <= K) and gives each next token the probability the model
+    gives that token moved by k: zero when it would leave the pitch range, where the view also reads an input pitch
+    unmoved. The mixture's next-token distribution is the mean of the views', a function of the past alone, so the
+    NLL of the whole is exact (cross-entropy renormalizes the mass the views lose off the range). It is an ensemble
+    of one model's views, and its figures are labelled as such. forward returns log-probabilities in place of logits;
+    the hidden state is every view's, stacked along the batch (L, (2K + 1) B, H).
+    """
+
+    def __init__(self, net: torch.nn.Module, tokenizer: Any, semitones: int) -> None:
+        super().__init__()
+        if not hasattr(tokenizer, "transposition_ids"):
+            raise UserError(f"transpositions= is for polyphonic models; this one has {tokenizer.kind} tokens")
+        self.net = net
+        device = next(net.parameters()).device
+        moved = torch.from_numpy(np.stack([tokenizer.transposition_ids(k) for k in range(-semitones, semitones + 1)]))
+        self.lost = (moved < 0).to(device)  # (K, V): the ids each view cannot give
+        self.reads = torch.where(moved < 0, torch.arange(moved.shape[1]), moved).to(device)  # (K, V): id → id read
+        self.gives = moved.clamp(min=0).to(device)  # (K, V): id → the id whose probability the view gives it
+
+    def forward(self, tokens: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        views, (batch, steps) = len(self.reads), tokens.shape
+        logits, hidden = self.net(self.reads[:, tokens].reshape(views * batch, steps), hidden)
+        log_p = torch.log_softmax(logits.float(), -1).view(views, batch, steps, -1)
+        index = self.gives[:, None, None, :].expand(-1, batch, steps, -1)
+        per_view = log_p.gather(-1, index).masked_fill(self.lost[:, None, None, :], -math.inf)
+        return torch.logsumexp(per_view, 0) - math.log(views), hidden
+
+
 @torch.no_grad()
 def evaluate_loss(
     model: torch.nn.Module,
@@ -185,13 +217,17 @@ def evaluate_loss(
 
 def score_documents(
     model: torch.nn.Module, tokenizer: Tokenizer, docs: list[list[int]], batch_size: int = 64, seq_len: int = 256,
-    device: torch.device | str = "cpu", max_tokens: int = 0, canonical: bool | None = None,
+    device: torch.device | str = "cpu", max_tokens: int = 0, canonical: bool | None = None, transpositions: int = 0,
 ) -> EvalResult:
     """Score whole documents of one split (a text stream is cut into `batch_size` chunks scored in parallel).
 
     `max_tokens` > 0 scores a fixed sample of about that many tokens (split_for_eval). Polyphonic music also gets
     the first-frame-excluded and canonical-order figures; `canonical` None: when the tokenizer has canonical order.
+    `transpositions` K > 0 scores the TranspositionMixture of the model's views -K..K semitones away, with
+    batch_size / (2K + 1) documents at once, so each forward call still runs about batch_size rows.
     """
+    if transpositions:
+        model = TranspositionMixture(model, tokenizer, transpositions)
     chunks = split_for_eval(docs, batch_size, max_tokens)
     if not chunks:
         raise UserError("there is nothing to score: the split is empty")
@@ -202,10 +238,12 @@ def score_documents(
             raise UserError(f"canonical=true is for polyphonic models; this one has {tokenizer.kind} tokens")
         frames.canonical_lowest(np.zeros((1, 1), dtype=np.int64))  # raises the UserError that says why
     total = sum(len(c) for c in chunks)
-    result = evaluate_loss(model, chunks, tokenizer.separator_id(), batch_size, seq_len, torch.device(device),
+    rows = max(1, batch_size // (2 * transpositions + 1))  # documents per call: the same sample, whatever K
+    result = evaluate_loss(model, chunks, tokenizer.separator_id(), rows, seq_len, torch.device(device),
                            progress="scoring" if total >= BAR_TOKENS else "", frames=frames,
                            canonical=order if canonical is None else canonical)
     count_steps = getattr(tokenizer, "count_time_steps", None)  # only tokenizers with time steps have it
     if count_steps is not None:
         result.time_steps = sum(count_steps(chunk) for chunk in chunks)  # what was scored (all of it, unbounded)
+    result.transpositions = transpositions
     return result

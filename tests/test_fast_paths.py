@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from generate.decoding import generate_tokens, pick_next
-from generate.gru import GRU, fused_gru_layer, gru_layer, gru_stack, layer_weights, recurrence
+from generate.gru import GRU, fused_gru_layer, gru_layer, gru_stack, layer_weights
 from generate.model import GRULanguageModel, ModelSpec, Stepper
+from generate.recurrence import recurrence
 
 
 def _grads(outputs: tuple[torch.Tensor, ...], inputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+import generate.gru
+import generate.model
 from generate import native, regularize
 from generate.cli import run_train as train
 from generate.config import ModelConfig
 from generate.errors import UserError
-from generate.gru import GRU, gru_layer, gru_stack, layer_weights
+from generate.gru import GRU, dropout, gru_layer, gru_stack, layer_weights
 from generate.model import GRULanguageModel, ModelSpec
 from generate.validate import check_spec, with_defaults
 from tests.conftest import compose_config, train_overrides
@@ -87,24 +89,25 @@ def test_embedding_dropout_drops_whole_rows_and_scales_the_rest() -> None:
 def test_locked_dropout_masks_are_constant_over_time() -> None:
     torch.manual_seed(2)
     x = torch.ones(50, 16, 64)
-    locked = regularize.dropout(x, 0.4, training=True, locked=True)
+    locked = dropout(x, 0.4, training=True, locked=True)
     assert (locked == locked[:1]).all()  # every step: the same mask
     assert abs((locked[0] == 0).float().mean().item() - 0.4) < 0.05
     torch.testing.assert_close(locked.unique(), torch.tensor([0.0, 1 / 0.6]))  # kept units scaled by 1/(1 − p)
-    standard = regularize.dropout(x, 0.4, training=True, locked=False)
+    standard = dropout(x, 0.4, training=True, locked=False)
     assert not (standard == standard[:1]).all()
-    assert regularize.dropout(x, 0.4, training=False, locked=True) is x
+    assert dropout(x, 0.4, training=False, locked=True) is x
 
 
 def test_variational_dropout_locks_all_three_dropout_sites(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    original = regularize.dropout
+    original = generate.gru.dropout
 
-    def spy(x, p, training, locked):
+    def spy(x, p, training, locked=False):
         calls.append((p, locked))
         return original(x, p, training, locked)
 
-    monkeypatch.setattr(regularize, "dropout", spy)
+    monkeypatch.setattr(generate.gru, "dropout", spy)  # between the layers (gru_stack)
+    monkeypatch.setattr(generate.model, "dropout", spy)  # the embedding output and before the head
     model = tiny(variational_dropout=True).train()
     model(torch.randint(0, 13, (2, 5)))
     assert calls == [(0.3, True)] * 3  # embedding output, between the two layers, before the head
@@ -194,7 +197,7 @@ def test_zoneout_in_the_fused_recurrence_equals_the_reference_loop_with_its_grad
 
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_fused_recurrence_with_zoneout_masks_passes_gradcheck(reset_after: bool) -> None:
-    from generate.gru import recurrence
+    from generate.recurrence import recurrence
 
     torch.manual_seed(8)
     hidden = 3
