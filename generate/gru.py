@@ -92,7 +92,8 @@ def gru_stack(
 
     In training it also applies the regularizers that keep this path (generate/regularize.py): the dropout between
     layers locked over time, DropConnect on each W_hh (autograd chains through the mask into recurrence's
-    hand-written backward), and zoneout's masks, which run inside the recurrence.
+    hand-written backward), and zoneout's masks, which run inside the recurrence; at evaluation, without
+    gradients, zoneout's expectation (the update gate rescaled).
     """
     hidden = weights[0][1].shape[1]
     if h0 is None:
@@ -105,7 +106,7 @@ def gru_stack(
         keep = h0.new_empty(x.shape[0], *h0.shape[1:]).bernoulli_(zoneout) if training and zoneout > 0 else None
         bias, b_hn = fold_biases(b_ih, b_hh, reset_after)
         xp = nn.functional.linear(x, w_ih, bias)  # (T, B, 3H): all steps in one product
-        x = recurrence(xp, h0[layer], w_hh, b_hn, reset_after, keep)  # (T, B, H)
+        x = recurrence(xp, h0[layer], w_hh, b_hn, reset_after, keep, 0.0 if training else zoneout)  # (T, B, H)
         last_states.append(x[-1])
     return x, torch.stack(last_states, dim=0)
 

@@ -202,10 +202,12 @@ def gate_bias(b_hn: Tensor) -> Tensor:
     return torch.cat([b_hn.new_zeros(2 * b_hn.shape[0]), b_hn])
 
 
-def _recurrence_no_grad(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, reset_after: bool) -> Tensor:
+def _recurrence_no_grad(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, reset_after: bool,
+                        zoneout: float = 0.0) -> Tensor:
     """_Recurrence's forward without what backward needs: for evaluation and the prime pass.
 
-    Nothing is kept but the outputs, and there is no autograd.Function to enter.
+    Nothing is kept but the outputs, and there is no autograd.Function to enter. `zoneout` p > 0: its expectation,
+    h' = p h + (1 − p) GRU(x, h), which is the update gate rescaled (z' = p + (1 − p) z reset-after, (1 − p) z seed).
     """
     steps, batch, _ = xp.shape
     hidden = h0.shape[-1]
@@ -223,6 +225,8 @@ def _recurrence_no_grad(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, rese
         for t in range(steps):
             torch.addmm(bias, h, w_t, out=gh)
             torch.add(xrz_t[t], gh_rz, out=rz).sigmoid_()
+            if zoneout:
+                z.mul_(1 - zoneout).add_(zoneout)
             tanh(torch.addcmul(xn_t[t], r, gh_n, out=n))
             h = torch.lerp(n, h, z, out=h_t[t])
     else:
@@ -230,23 +234,37 @@ def _recurrence_no_grad(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, rese
         rh = xp.new_empty(batch, hidden)
         for t in range(steps):
             torch.addmm(xrz_t[t], h, w_rz, out=rz).sigmoid_()
+            if zoneout:
+                z.mul_(1 - zoneout)
             torch.mul(r, h, out=rh)
             tanh(torch.addmm(xn_t[t], rh, w_n, out=n))
             h = torch.lerp(h, n, z, out=h_t[t])
     return hs
 
 
+def needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd will record a call on these tensors."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def recurrence(
-    xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, reset_after: bool, keep: Tensor | None = None
+    xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, reset_after: bool, keep: Tensor | None = None,
+    zoneout: float = 0.0,
 ) -> Tensor:
-    """One layer's recurrence, time-major: xp (T, B, 3H) → hs (T, B, H); see _Recurrence for the arguments."""
+    """One layer's recurrence, time-major: xp (T, B, 3H) → hs (T, B, H); see _Recurrence for the arguments.
+
+    `zoneout` p > 0: evaluation's expectation (see _recurrence_no_grad), without gradients only; with them the
+    expectation runs in regularize.cell_loop.
+    """
     device_type = xp.device.type
     if autocast_on(device_type):
         # The hand-written backward assumes one dtype throughout; the state update stays float32
         # (a bf16 state would lose precision over hundreds of steps). The input projections and
         # the head still run in bf16 under autocast.
         with torch.autocast(device_type, enabled=False):
-            return recurrence(xp.float(), h0.float(), w_hh.float(), b_hn.float(), reset_after, keep)
-    if keep is not None or torch.is_grad_enabled() and any(t.requires_grad for t in (xp, h0, w_hh, b_hn)):
+            return recurrence(xp.float(), h0.float(), w_hh.float(), b_hn.float(), reset_after, keep, zoneout)
+    if keep is not None or needs_grad(xp, h0, w_hh, b_hn):
+        if zoneout:
+            raise ValueError("zoneout's expectation runs here without gradients only (regularize.cell_loop has them)")
         return _Recurrence.apply(xp.contiguous(), h0, w_hh, b_hn, reset_after, keep)
-    return _recurrence_no_grad(xp, h0, w_hh, b_hn, reset_after)
+    return _recurrence_no_grad(xp, h0, w_hh, b_hn, reset_after, zoneout)

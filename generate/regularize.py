@@ -29,7 +29,8 @@ Every one is a model.* setting, off by default; a model with all of them off nev
 Locked dropout between layers, weight drop and training with zoneout (without layer norm) stay on the fused
 path: gru.gru_stack draws their masks and recurrence.recurrence runs zoneout's inside its forward and
 hand-written backward (dh_{t−1} gets m ⊙ dh_t directly, the GRU's output (1 − m) ⊙ dh_t).
-Layer norm, and zoneout at evaluation, run an autograd-recorded loop over time (cell_step per step).
+Zoneout's expectation at evaluation runs there too without gradients (the update gate rescaled); with gradients,
+and layer norm always, run an autograd-recorded loop over time (cell_step per step).
 Their cost is measured in bench/regularizers.py.
 """
 
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from generate.gru import LayerWeights, drop_connect, dropout, gru_stack
-from generate.recurrence import autocast_on
+from generate.recurrence import autocast_on, needs_grad
 
 EPS = 1e-5  # layer norm's ε, as torch.nn.LayerNorm
 
@@ -135,10 +136,12 @@ def stack(
 ) -> tuple[Tensor, Tensor]:
     """gru.gru_stack with the regularizers of `spec` (a ModelSpec): x (T, B, I) → (T, B, H), (L, B, H).
 
-    Layer norm, and zoneout at evaluation (its expectation), run the autograd-recorded loop (cell_loop); every other
-    combination is gru_stack's fused path, which takes locked dropout, weight drop and zoneout's masks itself.
+    Layer norm, and zoneout's expectation at evaluation when gradients are recorded, run the autograd-recorded loop
+    (cell_loop); every other combination is gru_stack's fused path, which takes locked dropout, weight drop,
+    zoneout's masks and (without gradients) its expectation itself.
     """
-    if not (spec.layer_norm or (spec.zoneout > 0 and not training)):
+    recorded = needs_grad(x, *(t for layer in weights for t in layer), *([] if h0 is None else [h0]))
+    if not (spec.layer_norm or (spec.zoneout > 0 and not training and recorded)):
         return gru_stack(x, h0, weights, spec.reset_after, spec.dropout, training, locked=spec.variational_dropout,
                          weight_drop=spec.weight_drop, zoneout=spec.zoneout)
     hidden = weights[0][1].shape[1]

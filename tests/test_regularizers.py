@@ -171,6 +171,31 @@ def test_zoneout_keeps_units_in_training_and_takes_the_expectation_at_evaluation
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
+def test_zoneout_expectation_in_the_no_grad_fused_loop_equals_the_reference_loop(reset_after: bool) -> None:
+    from generate.recurrence import recurrence
+
+    torch.manual_seed(8)
+    gru = GRU(4, 6, 2, reset_after=reset_after).double()
+    weights = layer_weights(gru)
+    spec = ModelSpec(vocab_size=2, hidden_size=6, num_layers=2, dropout=0.0, reset_after=reset_after, zoneout=0.35)
+    x, h0 = torch.randn(30, 3, 4, dtype=torch.float64), torch.randn(2, 3, 6, dtype=torch.float64)
+    layer_input = x
+    for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+        a = torch.nn.functional.linear(layer_input, w_ih, b_ih)
+        layer_input = regularize.cell_loop(a, h0[k], w_hh, b_hh, reset_after, 0.35, training=False)
+    with torch.no_grad():  # the fused loop, the update gate rescaled
+        fused, h_n = regularize.stack(x, h0, weights, None, spec, training=False)
+    torch.testing.assert_close(fused, layer_input, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h_n[-1], layer_input[-1], rtol=0, atol=1e-12)
+    recorded, _ = regularize.stack(x, h0, weights, None, spec, training=False)  # with gradients: the loop
+    torch.testing.assert_close(recorded, layer_input, rtol=0, atol=1e-12)
+    assert recorded.requires_grad
+    w_ih, w_hh, b_ih, b_hh = weights[0]
+    with pytest.raises(ValueError, match="without gradients only"):
+        recurrence(torch.nn.functional.linear(x, w_ih, b_ih), h0[0], w_hh, b_hh[12:], reset_after, zoneout=0.35)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
 def test_zoneout_in_the_fused_recurrence_equals_the_reference_loop_with_its_gradients(reset_after: bool) -> None:
     torch.manual_seed(7)
     gru = GRU(4, 6, 2, reset_after=reset_after).double()
