@@ -46,6 +46,17 @@ def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None
     return args
 
 
+def add_shapes(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """--shapes: the models to time, as layers x hidden (read back with shapes_of)."""
+    parser.add_argument("--shapes", default="2x256,2x512", help=f"layers x hidden, comma-separated{note}")
+
+
+def shapes_of(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """--shapes as (layers, hidden) pairs; --quick keeps the first."""
+    shapes = [(int(layers), int(hidden)) for layers, hidden in (shape.split("x") for shape in args.shapes.split(","))]
+    return shapes[:1] if args.quick else shapes
+
+
 def sync(device: torch.device | str) -> None:
     """Wait for queued GPU work, so a timer brackets the work itself (no-op on the CPU)."""
     if torch.device(device).type == "cuda":

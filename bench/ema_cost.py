@@ -8,23 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import command_line, interleave, median, parse_args, spread, write_results
+from common import add_shapes, command_line, interleave, median, parse_args, shapes_of, spread, write_results
 from train_speed import BATCH, SEQ, trainer_run
 
 
 def main() -> None:
     def extra(parser: Any) -> None:
         parser.add_argument("--steps", type=int, default=6, help="timed steps per run")
-        parser.add_argument("--shapes", default="2x256,2x512", help="layers x hidden, comma-separated")
+        add_shapes(parser)
 
     args = parse_args(__doc__, extra)
     device = torch.device(args.device)
-    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
     steps = 2 if args.quick else args.steps
     workdir = Path(tempfile.mkdtemp(prefix="bench-ema-"))
     rows = []
     try:
-        for layers, hidden in shapes[:1] if args.quick else shapes:
+        for layers, hidden in shapes_of(args):
             variants = {
                 # each its own folder: run names count per variant
                 "ema off": trainer_run(layers, hidden, steps, device, workdir / "off"),

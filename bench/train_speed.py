@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from common import (
+    add_shapes,
     bare_loop,
     clock,
     command_line,
@@ -22,6 +23,7 @@ from common import (
     median,
     parse_args,
     quiet_stdout,
+    shapes_of,
     sync,
     training_flops_per_token,
     write_results,
@@ -127,15 +129,13 @@ def matmul_breakdown(model: nn.Module, device: torch.device, flops_per_step: flo
 def main() -> None:
     def extra(parser: Any) -> None:
         parser.add_argument("--steps", type=int, default=0, help="timed steps per run (0: auto)")
-        parser.add_argument("--shapes", default="2x256,2x512", help="layers x hidden, comma-separated (GPU: 3x1024)")
+        add_shapes(parser, " (GPU: 3x1024)")
 
     args = parse_args(__doc__, extra)
     device = torch.device(args.device)
-    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
-    shapes = shapes[:1] if args.quick else shapes
     rows, overhead_rows, breakdowns = [], [], {}
     workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    for layers, hidden in shapes:
+    for layers, hidden in shapes_of(args):
         steps = args.steps or (6 if hidden <= 256 else 4)
         if args.quick:
             steps = 2
