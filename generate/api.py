@@ -245,7 +245,7 @@ class Model:
 
         `max_tokens` > 0: a fixed sample of about that many tokens. Polyphonic models also get the first-step-excluded
         and canonical-order figures (`canonical` None: when the tokenizer has the order; False: skipped); see EvalResult.
-        `transpositions` K > 0 (polyphonic): the figures of the mixture of the model's views -K..K semitones away."""
+        `transpositions` K > 0 (music): the figures of the mixture of the model's views -K..K semitones away."""
         split = str(getattr(split, "value", split))
         if split not in SPLITS:
             raise UserError(f"split={split!r} is not one of {', '.join(SPLITS)}")

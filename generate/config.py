@@ -272,7 +272,7 @@ class EvaluateConfig:
     threads: int = 1  # torch CPU threads (0 = torch's default); see train.threads
     max_tokens: int = 0  # score a fixed sample of about this many tokens (0 = the whole split)
     canonical: bool | None = None  # polyphonic: also the canonical-order NLL (null: when the model has that order)
-    transpositions: int = 0  # polyphonic: score the mixture of the model over the piece moved by -K..K semitones
+    transpositions: int = 0  # music: score the mixture of the model over the piece moved by -K..K semitones
 
     def __post_init__(self) -> None:
         check(vars(self), EVALUATE)

@@ -135,7 +135,7 @@ class FrameSums:
 
 
 class TranspositionMixture(torch.nn.Module):
-    """A polyphonic model scored as the equal mixture of its 2K + 1 transposed views (test-time transposition).
+    """A music model scored as the equal mixture of its 2K + 1 transposed views (test-time transposition).
 
     View k reads the piece moved by k semitones (-K <= k <= K) and gives each next token the probability the model
     gives that token moved by k: zero when it would leave the pitch range, where the view also reads an input pitch
@@ -147,8 +147,8 @@ class TranspositionMixture(torch.nn.Module):
 
     def __init__(self, net: torch.nn.Module, tokenizer: Any, semitones: int) -> None:
         super().__init__()
-        if not hasattr(tokenizer, "transposition_ids"):
-            raise UserError(f"transpositions= is for polyphonic models; this one has {tokenizer.kind} tokens")
+        if not hasattr(tokenizer, "transposition_ids"):  # text
+            raise UserError(f"transpositions= is for music models; this one has {tokenizer.kind} tokens")
         self.net = net
         device = next(net.parameters()).device
         moved = torch.from_numpy(np.stack([tokenizer.transposition_ids(k) for k in range(-semitones, semitones + 1)]))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,11 +18,15 @@ from generate.api import Model
 from generate.cli import run_evaluate
 from generate.errors import UserError
 from generate.model import GRULanguageModel, ModelSpec
+from generate.music.extract import Extraction
+from generate.music.read import read_scores, score_tracks
 from generate.scoring import TranspositionMixture, score_documents
 from generate.tokenizers.char import CharTokenizer
+from generate.tokenizers.events import EventTokenizer
 from generate.tokenizers.polyphonic import PolyphonicTokenizer
 from tests.conftest import compose_config
 from tests.test_frame_nll import JSB, JSB_MODEL, SEP, STEP, TableModel, brute_allowed
+from tests.test_metre import tokenizers
 
 Logits = Callable[[np.ndarray], np.ndarray]  # a whole sequence of input ids (T,) → logits (T, V)
 
@@ -60,6 +66,29 @@ def test_transposition_ids_move_pitches_only() -> None:
     assert up[:9].tolist() == [0, 1, 3, 4, 5, 6, 7, 8, -1]  # 66 + 1 leaves the range
     assert down[:9].tolist() == [0, 1, -1, -1, 2, 3, 4, 5, 6]
     assert np.array_equal(up[9:], np.arange(9, tok.vocab_size)) and tok.vocab_size > 9  # bar ids stay
+
+
+def test_moving_the_ids_is_encoding_the_moved_piece_on_real_tunes() -> None:
+    """A jig, a slip jig (ABC) and a chorale (MusicXML), as melody and polyphony with bars and METER/KEY/TEMPO."""
+    from music21 import corpus
+
+    files = [corpus.getWork("ryansMammoth/BattleTheCashJig"), corpus.getWork("ryansMammoth/AndrewCareysSlipjig"),
+             corpus.getWork("bach/bwv66.6")]
+    moved_keys = set()
+    for path in files:
+        tracks = score_tracks(read_scores(Path(path))[0], "quarter")
+        for tok in tokenizers("bar") + tokenizers("position"):
+            pieces = tok.extract(tracks[:1] if tok.kind == "melody" else tracks, Extraction(36, 96), Counter())
+            for piece, semitones in itertools.product(pieces, (-7, -1, 2, 6)):
+                low, high = piece.pitch_range()
+                if not (tok.in_range(low + semitones) and tok.in_range(high + semitones)):
+                    continue
+                ids = np.array(tok.encode(piece))
+                assert np.array_equal(tok.transposition_ids(semitones)[ids], tok.encode(piece.transposed(semitones)))
+                moved_keys.add((tok.kind, str(piece.key), str(piece.key.transposed(semitones))))
+    assert len({kind for kind, _, _ in moved_keys}) == 2 and len(moved_keys) >= 12  # both kinds, the keys moved
+    with pytest.raises(UserError, match="transpositions= is for the polyphonic and melody tokenizers"):
+        EventTokenizer().transposition_ids(1)
 
 
 def test_mixture_matches_numpy_over_windows_and_batches() -> None:
@@ -114,7 +143,7 @@ def test_zero_transpositions_is_the_model_alone_and_text_models_refuse() -> None
     alone = score_documents(TableModel(table), tok, [doc], batch_size=1)
     assert score_documents(TableModel(table), tok, [doc], batch_size=1, transpositions=0).nll == alone.nll
     char = CharTokenizer("ab")
-    with pytest.raises(UserError, match="transpositions= is for polyphonic models; this one has char tokens"):
+    with pytest.raises(UserError, match="transpositions= is for music models; this one has char tokens"):
         score_documents(TableModel(np.zeros((char.vocab_size,) * 2)), char, [[0, 1, 0]], transpositions=1)
 
 

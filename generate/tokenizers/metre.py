@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from generate.errors import UserError
 from generate.music.notes import PITCH_CLASSES, Key, Meter, Piece, meter_for_length
 
@@ -111,6 +113,12 @@ class MetreLayer:
 
     def key_id(self, key: Key | None) -> int:
         return self.first_key + (KEY_NAMES.index(str(key)) if key is not None else len(KEY_NAMES))
+
+    def move_keys(self, ids: np.ndarray, semitones: int) -> None:
+        """In an id → id map (V,), send each KEY(k) to KEY(k moved by `semitones`), as Key.transposed does."""
+        if self.controls:
+            keys = np.arange(len(KEY_NAMES))  # tonic * 2 + (1 for minor)
+            ids[self.first_key + keys] = self.first_key + (keys // 2 + semitones) % 12 * 2 + keys % 2
 
     def tempo_id(self, qpm: float | None) -> int:
         bucket = tempo_bucket(qpm)

@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from generate.errors import UserError
 from generate.music.extract import Extraction, fold_into_range, key_shift, piece_key
 from generate.music.notes import QUARTER, Key, Note, Piece, Track, meters_from
@@ -42,6 +44,20 @@ class MusicTokenizer(Tokenizer):
 
     def in_range(self, pitch: int) -> bool:
         return self.min_pitch <= pitch <= self.max_pitch
+
+    def transposition_ids(self, semitones: int) -> np.ndarray:
+        """Each id moved by `semitones` (V,), so that encode(piece.transposed(k)) == transposition_ids(k)[encode(piece)]:
+        a pitch id to the pitch that many semitones away (-1 where that leaves the range), a KEY control to the
+        moved key, every other id unchanged. For the grid tokenizers (one id per pitch from FIRST_PITCH)."""
+        first = getattr(self, "FIRST_PITCH", None)
+        if first is None or self.layer is None:
+            raise UserError(f"transpositions= is for the polyphonic and melody tokenizers; this model has {self.kind} tokens")
+        ids = np.arange(self.vocab_size)
+        pitch = (ids >= first) & (ids < first + self.num_pitches)
+        moved = np.where(pitch, ids + semitones, ids)
+        moved[pitch & ((moved < first) | (moved >= first + self.num_pitches))] = -1
+        self.layer.move_keys(moved, semitones)
+        return moved
 
     def start_ids(self) -> list[int]:
         return [self.SEP]

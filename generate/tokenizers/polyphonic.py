@@ -148,15 +148,6 @@ class PolyphonicTokenizer(MusicTokenizer):
         lowest = np.maximum.accumulate(values + segment * span, axis=1) - segment * span
         return lowest[:, 1:], lowest[:, -1].copy()
 
-    def transposition_ids(self, semitones: int) -> np.ndarray:
-        """Each id moved by `semitones` (V,): a pitch id to the pitch that many semitones away, -1 where that leaves the
-        range; SEP, STEP, bar and control ids stay (a KEY control is not moved)."""
-        ids = np.arange(self.vocab_size)
-        pitch = (ids >= self.FIRST_PITCH) & (ids < self.layer.base)
-        moved = np.where(pitch, ids + semitones, ids)
-        moved[pitch & ((moved < self.FIRST_PITCH) | (moved >= self.layer.base))] = -1
-        return moved
-
     def extract(self, tracks: list[Track], ex: Extraction, counts: Counter) -> list[Piece]:
         return roll_pieces(tracks, ex, counts)
 
