@@ -152,9 +152,9 @@ class TranspositionMixture(torch.nn.Module):
         self.net = net
         device = next(net.parameters()).device
         moved = torch.from_numpy(np.stack([tokenizer.transposition_ids(k) for k in range(-semitones, semitones + 1)]))
-        self.lost = (moved < 0).to(device)  # (K, V): the ids each view cannot give
-        self.reads = torch.where(moved < 0, torch.arange(moved.shape[1]), moved).to(device)  # (K, V): id → id read
-        self.gives = moved.clamp(min=0).to(device)  # (K, V): id → the id whose probability the view gives it
+        self.lost = (moved < 0).to(device)  # (views, V): the ids each view cannot give
+        self.reads = torch.where(moved < 0, torch.arange(moved.shape[1]), moved).to(device)  # (views, V): id → id read
+        self.gives = moved.clamp(min=0).to(device)  # (views, V): id → the id whose probability it gives
 
     def forward(self, tokens: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         views, (batch, steps) = len(self.reads), tokens.shape

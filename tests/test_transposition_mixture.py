@@ -168,3 +168,14 @@ def test_evaluate_labels_the_mixture_and_checks_its_range(jsb_cache: Path, capsy
     with pytest.raises(UserError, match="transpositions=-1"):
         model.evaluate("test", cache_dir=str(jsb_cache), transpositions=-1)
     assert math.isfinite(mixed.nll)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_mixture_on_cuda_matches_cpu() -> None:
+    tok = PolyphonicTokenizer(60, 66, 1)
+    table = np.random.default_rng(6).normal(0, 2, size=(tok.vocab_size, tok.vocab_size))
+    docs = [tok.encode_roll([{60, 63}, set(), {61, 66}]), tok.encode_roll([{62}, {62, 64, 65}])]
+    cpu = score_documents(TableModel(table), tok, docs, batch_size=2, seq_len=3, transpositions=2)
+    cuda = score_documents(TableModel(table).cuda(), tok, docs, batch_size=2, seq_len=3, device="cuda", transpositions=2)
+    for field in ("nll", "nll_canonical", "first_frame_nll"):
+        assert getattr(cuda, field) == pytest.approx(getattr(cpu, field), rel=1e-5), field
