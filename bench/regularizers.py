@@ -106,7 +106,7 @@ def main() -> None:
             "fixed overhead to every variant.",
             "training: layer_norm runs an autograd-recorded loop over time (generate/regularize.py); the other "
             "four keep the fused recurrence with its hand-written backward (zoneout's masks go into it). "
-            "Evaluation with zoneout or layer_norm runs that loop without autograd.",
+            "Evaluation: layer_norm runs that loop without autograd; zoneout runs the fused no-grad loop with its update gate rescaled.",
             "sampling: all three run native.c (zoneout is a rescaled update gate; native.c has the "
             "layer-normalized cell).",
         ]},
