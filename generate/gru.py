@@ -76,6 +76,12 @@ def drop_connect(w_hh: Tensor, p: float, training: bool) -> Tensor:
     return nn.functional.dropout(w_hh, p, training=True) if training and p > 0 else w_hh
 
 
+def zero_state(x: Tensor, weights: Sequence[LayerWeights]) -> Tensor:
+    """The initial hidden state (L, B, H) for time-major x: zeros, float32 under autocast (the state is never bf16)."""
+    hidden = weights[0][1].shape[1]
+    return x.new_zeros(len(weights), x.shape[1], hidden, dtype=torch.float32 if autocast_on(x.device.type) else None)
+
+
 def gru_stack(
     x: Tensor,
     h0: Tensor | None,
@@ -95,9 +101,7 @@ def gru_stack(
     hand-written backward), and zoneout's masks, which run inside the recurrence; at evaluation, without
     gradients, zoneout's expectation (the update gate rescaled).
     """
-    hidden = weights[0][1].shape[1]
-    if h0 is None:
-        h0 = x.new_zeros(len(weights), x.shape[1], hidden, dtype=torch.float32 if autocast_on(x.device.type) else None)
+    h0 = zero_state(x, weights) if h0 is None else h0
     last_states = []
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
         if layer > 0:

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from generate.gru import LayerWeights, drop_connect, dropout, gru_stack
+from generate.gru import LayerWeights, drop_connect, dropout, gru_stack, zero_state
 from generate.recurrence import autocast_on, needs_grad
 
 EPS = 1e-5  # layer norm's ε, as torch.nn.LayerNorm
@@ -140,14 +140,13 @@ def stack(
     (cell_loop); every other combination is gru_stack's fused path, which takes locked dropout, weight drop,
     zoneout's masks and (without gradients) its expectation itself.
     """
-    recorded = needs_grad(x, *(t for layer in weights for t in layer), *([] if h0 is None else [h0]))
-    if not (spec.layer_norm or (spec.zoneout > 0 and not training and recorded)):
+    recorded_expectation = spec.zoneout > 0 and not training and needs_grad(
+        x, *(t for layer in weights for t in layer), *([] if h0 is None else [h0]))
+    if not (spec.layer_norm or recorded_expectation):
         return gru_stack(x, h0, weights, spec.reset_after, spec.dropout, training, locked=spec.variational_dropout,
                          weight_drop=spec.weight_drop, zoneout=spec.zoneout)
-    hidden = weights[0][1].shape[1]
     autocast = autocast_on(x.device.type)
-    if h0 is None:
-        h0 = x.new_zeros(len(weights), x.shape[1], hidden, dtype=torch.float32 if autocast else None)
+    h0 = zero_state(x, weights) if h0 is None else h0
     last_states = []
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
         if layer > 0:

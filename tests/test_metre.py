@@ -126,15 +126,18 @@ def test_any_ids_decode_without_raising() -> None:
             assert all(m.start >= 0 for m in piece.meters) or not piece.meters
 
 
-def test_music21_corpus_pieces_round_trip() -> None:
-    """Real tunes: a 6/8 jig with a pickup and a 9/8 slip jig (ABC), a 4/4 chorale with a pickup (MusicXML)."""
+def real_tunes() -> list[list[Track]]:
+    """Each file's tracks: a 6/8 jig with a pickup and a 9/8 slip jig (ABC), a 4/4 chorale with a pickup (MusicXML)."""
     from music21 import corpus
 
     files = [corpus.getWork("ryansMammoth/BattleTheCashJig"), corpus.getWork("ryansMammoth/AndrewCareysSlipjig"),
              corpus.getWork("bach/bwv66.6")]
+    return [score_tracks(read_scores(Path(path))[0], "quarter") for path in files]
+
+
+def test_music21_corpus_pieces_round_trip() -> None:
     seen = set()
-    for path in files:
-        tracks = score_tracks(read_scores(Path(path))[0], "quarter")
+    for tracks in real_tunes():
         assert tracks[0].meters and tracks[0].key is not None
         for tok in tokenizers("bar") + tokenizers("position"):
             counts: Counter = Counter()

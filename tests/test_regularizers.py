@@ -113,12 +113,28 @@ def test_variational_dropout_locks_all_three_dropout_sites(monkeypatch: pytest.M
     assert calls == [(0.3, True)] * 3  # embedding output, between the two layers, before the head
 
 
+def double_stack(seed: int, reset_after: bool, **settings) -> tuple[GRU, list, ModelSpec]:
+    """A 2-layer float64 GRU (4 → 6) made from `seed`, its layer weights, and the spec with `settings` on."""
+    torch.manual_seed(seed)
+    gru = GRU(4, 6, 2, reset_after=reset_after).double()
+    spec = ModelSpec(vocab_size=2, hidden_size=6, num_layers=2, dropout=0.0, reset_after=reset_after, **settings)
+    return gru, layer_weights(gru), spec
+
+
+def zoneout_reference(x: torch.Tensor, h0: torch.Tensor, weights: list, reset_after: bool, zoneout: float,
+                      training: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Zoneout layer by layer through the autograd-recorded loop: the outputs and each layer's last state."""
+    layer_input, finals = x, []
+    for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+        a = torch.nn.functional.linear(layer_input, w_ih, b_ih)
+        layer_input = regularize.cell_loop(a, h0[k], w_hh, b_hh, reset_after, zoneout, training)
+        finals.append(layer_input[-1])
+    return layer_input, finals
+
+
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_weight_drop_masks_w_hh_once_per_call_on_the_fused_path(reset_after: bool) -> None:
-    torch.manual_seed(3)
-    gru = GRU(4, 6, 2, reset_after=reset_after).double()
-    weights = layer_weights(gru)
-    spec = ModelSpec(vocab_size=2, hidden_size=6, num_layers=2, dropout=0.0, reset_after=reset_after, weight_drop=0.5)
+    gru, weights, spec = double_stack(3, reset_after, weight_drop=0.5)
     x, h0 = torch.randn(7, 3, 4, dtype=torch.float64), torch.randn(2, 3, 6, dtype=torch.float64)
     torch.manual_seed(10)
     out, h_n = regularize.stack(x, h0, weights, None, spec, training=True)
@@ -174,15 +190,9 @@ def test_zoneout_keeps_units_in_training_and_takes_the_expectation_at_evaluation
 def test_zoneout_expectation_in_the_no_grad_fused_loop_equals_the_reference_loop(reset_after: bool) -> None:
     from generate.recurrence import recurrence
 
-    torch.manual_seed(8)
-    gru = GRU(4, 6, 2, reset_after=reset_after).double()
-    weights = layer_weights(gru)
-    spec = ModelSpec(vocab_size=2, hidden_size=6, num_layers=2, dropout=0.0, reset_after=reset_after, zoneout=0.35)
+    _, weights, spec = double_stack(8, reset_after, zoneout=0.35)
     x, h0 = torch.randn(30, 3, 4, dtype=torch.float64), torch.randn(2, 3, 6, dtype=torch.float64)
-    layer_input = x
-    for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-        a = torch.nn.functional.linear(layer_input, w_ih, b_ih)
-        layer_input = regularize.cell_loop(a, h0[k], w_hh, b_hh, reset_after, 0.35, training=False)
+    layer_input, _ = zoneout_reference(x, h0, weights, reset_after, 0.35, training=False)
     with torch.no_grad():  # the fused loop, the update gate rescaled
         fused, h_n = regularize.stack(x, h0, weights, None, spec, training=False)
     torch.testing.assert_close(fused, layer_input, rtol=0, atol=1e-12)
@@ -197,10 +207,7 @@ def test_zoneout_expectation_in_the_no_grad_fused_loop_equals_the_reference_loop
 
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_zoneout_in_the_fused_recurrence_equals_the_reference_loop_with_its_gradients(reset_after: bool) -> None:
-    torch.manual_seed(7)
-    gru = GRU(4, 6, 2, reset_after=reset_after).double()
-    weights = layer_weights(gru)
-    spec = ModelSpec(vocab_size=2, hidden_size=6, num_layers=2, dropout=0.0, reset_after=reset_after, zoneout=0.4)
+    gru, weights, spec = double_stack(7, reset_after, zoneout=0.4)
     x = torch.randn(9, 3, 4, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(11)
@@ -208,11 +215,7 @@ def test_zoneout_in_the_fused_recurrence_equals_the_reference_loop_with_its_grad
     loss_weights = torch.randn_like(out)  # every output step and unit weighted differently
     fused = torch.autograd.grad((out * loss_weights).sum() + h_n.sum(), [x, h0, *gru.parameters()])
     torch.manual_seed(11)  # the same masks, drawn in the same order, for the autograd-recorded loop
-    layer_input, finals = x, []
-    for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-        a = torch.nn.functional.linear(layer_input, w_ih, b_ih)
-        layer_input = regularize.cell_loop(a, h0[k], w_hh, b_hh, reset_after, 0.4, training=True)
-        finals.append(layer_input[-1])
+    layer_input, finals = zoneout_reference(x, h0, weights, reset_after, 0.4, training=True)
     torch.testing.assert_close(out, layer_input, rtol=0, atol=1e-12)
     reference = torch.autograd.grad((layer_input * loss_weights).sum() + torch.stack(finals).sum(),
                                     [x, h0, *gru.parameters()])

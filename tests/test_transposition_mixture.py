@@ -19,14 +19,13 @@ from generate.cli import run_evaluate
 from generate.errors import UserError
 from generate.model import GRULanguageModel, ModelSpec
 from generate.music.extract import Extraction
-from generate.music.read import read_scores, score_tracks
 from generate.scoring import TranspositionMixture, score_documents
 from generate.tokenizers.char import CharTokenizer
 from generate.tokenizers.events import EventTokenizer
 from generate.tokenizers.polyphonic import PolyphonicTokenizer
 from tests.conftest import compose_config
 from tests.test_frame_nll import JSB, JSB_MODEL, SEP, STEP, TableModel, brute_allowed
-from tests.test_metre import tokenizers
+from tests.test_metre import real_tunes, tokenizers
 
 Logits = Callable[[np.ndarray], np.ndarray]  # a whole sequence of input ids (T,) → logits (T, V)
 
@@ -70,13 +69,8 @@ def test_transposition_ids_move_pitches_only() -> None:
 
 def test_moving_the_ids_is_encoding_the_moved_piece_on_real_tunes() -> None:
     """A jig, a slip jig (ABC) and a chorale (MusicXML), as melody and polyphony with bars and METER/KEY/TEMPO."""
-    from music21 import corpus
-
-    files = [corpus.getWork("ryansMammoth/BattleTheCashJig"), corpus.getWork("ryansMammoth/AndrewCareysSlipjig"),
-             corpus.getWork("bach/bwv66.6")]
     moved_keys = set()
-    for path in files:
-        tracks = score_tracks(read_scores(Path(path))[0], "quarter")
+    for tracks in real_tunes():
         for tok in tokenizers("bar") + tokenizers("position"):
             pieces = tok.extract(tracks[:1] if tok.kind == "melody" else tracks, Extraction(36, 96), Counter())
             for piece, semitones in itertools.product(pieces, (-7, -1, 2, 6)):

@@ -48,10 +48,10 @@ class MusicTokenizer(Tokenizer):
     def transposition_ids(self, semitones: int) -> np.ndarray:
         """Each id moved by `semitones` (V,), so that encode(piece.transposed(k)) == transposition_ids(k)[encode(piece)]:
         a pitch id to the pitch that many semitones away (-1 where that leaves the range), a KEY control to the
-        moved key, every other id unchanged. For the grid tokenizers (one id per pitch from FIRST_PITCH)."""
-        first = getattr(self, "FIRST_PITCH", None)
-        if first is None or self.layer is None:
+        moved key, every other id unchanged. For the grid tokenizers, whose pitch ids sit just below their layer's."""
+        if self.layer is None:
             raise UserError(f"transpositions= is for the polyphonic and melody tokenizers; this model has {self.kind} tokens")
+        first = self.layer.base - self.num_pitches
         ids = np.arange(self.vocab_size)
         pitch = (ids >= first) & (ids < first + self.num_pitches)
         moved = np.where(pitch, ids + semitones, ids)
