@@ -252,8 +252,11 @@ class Model:
         check({"batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens, "transpositions": transpositions},
               EVALUATE)
         corpus = self.dataset(dataset_path, cache_dir)
-        if not corpus.splits[split]:
-            raise UserError(f"the {split} split of this model's dataset is empty")
+        if not sum(len(doc) for doc in corpus.splits[split]):
+            fraction = self.checkpoint["config"]["dataset"].get(f"{split}_fraction")
+            why = f" (it was trained with dataset.{split}_fraction={fraction:g})" if fraction == 0 else ""
+            raise UserError(f"the {split} split of this model's dataset is empty{why}; score another split, "
+                            f"e.g. split={'val' if split != 'val' else 'test'}")
         return score_documents(self.net, self.tokenizer, corpus.splits[split], batch_size, seq_len, self.device,
                                max_tokens, canonical, transpositions)
 

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from generate.choices import (
+    Device,
+    Dtype,
+    ExportFormat,
+    Monophony,
+    Source,
+    Split,
+    TestPosition,
+    TokenizerKind,
+    Transpose,
+)
 from generate.errors import UserError
 from generate.paths import CONFIG_DIR, PROJECT_ROOT, expand_project_root, home, music21_corpus_dir, portable_paths
 from generate.ranges import DATASET, EVALUATE, MODEL, SAMPLING, TRAIN, check, check_plain_name, stretch_problems
@@ -47,59 +57,6 @@ RUN_NAME = "${default_run_name:${dataset.name},${dataset.path}}"
 __all__ = ["CONFIG_DIR", "PROJECT_ROOT"]
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Source(str, Enum):
-    """Where a dataset's raw data comes from (generate/sources/)."""
-
-    text = "text"
-    midi = "midi"
-    scores = "scores"
-    bach = "bach"
-    benchmark = "benchmark"
-
-
-class TokenizerKind(str, Enum):
-    char = "char"
-    melody = "melody"
-    polyphonic = "polyphonic"
-    events = "events"
-
-
-class Monophony(str, Enum):
-    """Which note of a chord a melody keeps."""
-
-    highest = "highest"
-    lowest = "lowest"
-
-
-class Transpose(str, Enum):
-    none = "none"  # as written
-    c = "c"  # every piece to C major / A minor, the nearest way
-    augment = "augment"  # training copies in every key within +-transpose_range semitones
-
-
-class Split(str, Enum):
-    train = "train"
-    val = "val"
-    test = "test"
-
-
-class Dtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-
-
-class ExportFormat(str, Enum):
-    pt = "pt"  # a stripped checkpoint, for this toolkit
-    onnx = "onnx"  # an ONNX step graph + tokenizer JSON, for any ONNX runtime
-
-
 # The pitch range each music tokenizer gets when dataset.min_pitch / max_pitch are unset (null): melodies are
 # moved by octaves into C3..C6 (Magenta's melody_rnn range); piano rolls and performances keep all 88 keys,
 # so a piano folder loses no bass. A value given in a preset, an override or a checkpoint wins.
@@ -123,10 +80,11 @@ class DatasetConfig:
     source: Source = Source.text  # where the raw data comes from
     path: str | None = None  # file or folder, relative to the working directory
     tokenizer: TokenizerKind = TokenizerKind.char  # how the data becomes tokens
-    # Split for single-stream text: train | test | val by fraction of the stream, in that order,
-    # so val is the last `val_fraction` (nanoGPT's validation split when val_fraction=0.1).
+    # Split for single-stream text: test | train | val by fraction of the stream, in that order, so val is
+    # the last `val_fraction` (nanoGPT's when 0.1) and training runs up to it (test_fraction=0: nanoGPT's exactly).
     val_fraction: float = 0.1  # share held out for validation (the last 10% of a text)
     test_fraction: float = 0.05  # share held out for the test split
+    test_position: TestPosition = TestPosition.start  # text: the test split first (start) or just before val
     # Where token caches go; keyed by a fingerprint of source + tokenizer settings.
     cache_dir: str = "${generate_home:}/cache"  # where token caches go
     # Music settings (used by the melody / polyphonic / events tokenizers; see generate/music/).
@@ -386,6 +344,8 @@ def dataset_from_checkpoint(stored: Any, cache_dir: str | None = None) -> Datase
         raise UserError("the checkpoint's config.dataset is not a mapping; it is damaged or foreign")
     names = {f.name for f in dataclasses.fields(DatasetConfig)} - {"cache_dir"}
     values = {k: v for k, v in stored.items() if k in names}
+    if "test_position" not in stored:  # trained before the key existed, when a text's test split sat before val
+        values["test_position"] = TestPosition.before_val
     if isinstance(values.get("path"), str):
         values["path"] = expand_project_root(values["path"])
     for key, value in values.items():
@@ -398,3 +358,13 @@ def dataset_from_checkpoint(stored: Any, cache_dir: str | None = None) -> Datase
     # The schema's default is "${generate_home:}/cache", which only Hydra would resolve: say it here.
     settings.cache_dir = str(home() / "cache") if cache_dir is None else expand_project_root(cache_dir)  # type: ignore[assignment]
     return settings
+
+
+def split_changes(stored: Any, current: DatasetConfig) -> list[str]:
+    """The split settings a run trained with (`dataset.key=value`) where `current` differs: a resume on other
+    splits would train on what was held out. test_position counts for text alone (music splits by file)."""
+    then = dataset_from_checkpoint(stored)
+    keys = ["val_fraction", "test_fraction"] + (["test_position"] if then.source == Source.text else [])
+    value = lambda v: getattr(v, "value", v)  # noqa: E731
+    return [f"dataset.{k}={value(getattr(then, k))}" for k in keys if value(getattr(then, k)) != value(getattr(current, k))]
+

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from generate.averaging import evaluated, make_average, restore_weights, weight_entries
 from generate.checkpoint import card_progress, load_checkpoint, model_summary, training_card, with_digest
-from generate.config import TrainRunConfig, to_plain
+from generate.config import TrainRunConfig, split_changes, to_plain
 from generate.data import IGNORE, load_corpus, split_for_eval, training_stream
 from generate.distributed import (
     Dist,
@@ -141,6 +141,8 @@ class Trainer:
         """last.pt, checked against this run's model and data (rank 0, holding the lock)."""
         ckpt = load_checkpoint(self.last_path)
         check_training_state(ckpt, self.last_path, self.spec.to_dict(), self.tokenizer.to_dict(), self.tokenizer.learned)
+        if changed := split_changes(ckpt["config"].get("dataset"), self.run.dataset):
+            raise UserError(f"{self.last_path} was trained on other splits; add {' '.join(changed)} to resume it")
         trim_metrics(self.metrics_path, ckpt["step"])
         return ckpt
 

@@ -78,6 +78,22 @@ def test_train_tokenize_and_load_a_tiny_model(small_text: Path, tmp_path: Path) 
     assert isinstance(model.sample("ANNA", length=10, seed=1)[0], str)
 
 
+def test_a_model_trained_without_a_test_split_says_so_when_asked_for_one(small_text: Path, tmp_path: Path) -> None:
+    # dataset.test_fraction=0 is nanoGPT's split exactly: training is everything before validation.
+    run = generate.train(
+        "text", path=str(small_text), cache_dir=str(tmp_path / "cache"), recipe="smoke", hidden_size=16,
+        embedding_size=8, max_steps=2, checkpoints_dir=str(tmp_path / "runs"), run_name="no_test", test_fraction=0.0,
+    )
+    model = generate.load(run.best_path)
+    corpus = model.dataset(cache_dir=str(tmp_path / "cache"))
+    n = sum(len(corpus.splits[s][0]) for s in ("train", "val"))
+    assert len(corpus.splits["train"][0]) == int(n * 0.9) and len(corpus.splits["test"][0]) == 0
+    with pytest.raises(generate.UserError, match=r"test split .* is empty \(it was trained with dataset.test_fraction=0\); "
+                       r"score another split, e.g. split=val"):
+        model.evaluate("test", cache_dir=str(tmp_path / "cache"))
+    assert model.evaluate("val", cache_dir=str(tmp_path / "cache")).tokens > 0
+
+
 def test_bad_keywords_are_user_errors(small_text: Path) -> None:
     with pytest.raises(generate.UserError, match="hidden_sise"):
         generate.train("text", path=str(small_text), hidden_sise=3)

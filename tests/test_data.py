@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from generate import sources
+from generate.config import to_plain
 from generate.data import (
     IGNORE,
     DocumentStream,
@@ -27,12 +28,34 @@ def text_dataset_cfg(path: Path, cache: Path, *extra: str):
     return cfg.dataset
 
 
-def test_split_is_train_test_val_with_val_last() -> None:
+def test_split_is_test_train_val_with_training_ending_where_val_begins() -> None:
     ids = list(range(1000))
     splits = split_stream(ids, val_fraction=0.1, test_fraction=0.05)
     assert splits["val"] == [ids[900:]]  # nanoGPT's validation split: the last 10%
-    assert splits["test"] == [ids[850:900]]
-    assert splits["train"] == [ids[:850]]
+    assert splits["test"] == [ids[:50]]
+    assert splits["train"] == [ids[50:900]]  # up to val, as nanoGPT's training split
+
+
+def test_test_split_before_val_is_the_layout_older_checkpoints_were_trained_on() -> None:
+    ids = list(range(1000))
+    splits = split_stream(ids, val_fraction=0.1, test_fraction=0.05, test_position="before_val")
+    assert splits == {"train": [ids[:850]], "test": [ids[850:900]], "val": [ids[900:]]}
+
+
+def test_a_checkpoint_without_the_key_keeps_its_test_split_before_val() -> None:
+    from generate.config import TestPosition, dataset_from_checkpoint
+
+    old = to_plain(compose_config("config", []))["dataset"]
+    assert old.pop("test_position") == "start"  # what a run records today
+    assert dataset_from_checkpoint(old).test_position is TestPosition.before_val
+    assert dataset_from_checkpoint({**old, "test_position": "start"}).test_position is TestPosition.start
+
+
+def test_no_test_split_is_nanogpts_split_exactly() -> None:
+    ids = list(range(1_115_394))
+    splits = split_stream(ids, val_fraction=0.1, test_fraction=0.0)
+    n = len(ids)
+    assert splits["train"] == [ids[:int(n * 0.9)]] and splits["val"] == [ids[int(n * 0.9):]] and splits["test"] == [[]]
 
 
 @pytest.mark.parametrize("n", [1001, 1009, 1_115_394])  # 1,115,394: Tiny Shakespeare's length in characters

@@ -184,3 +184,23 @@ def _corpus(docs: list[list[int]]):
     from generate.tokenizers.melody import MelodyTokenizer
 
     return Corpus(MelodyTokenizer(60, 72, 4), {"train": docs, "val": docs[:4], "test": docs[:2]})
+
+
+def test_a_resume_on_other_splits_is_refused_with_the_settings_that_continue_it(small_text: Path, tmp_path: Path) -> None:
+    # A run from before dataset.test_position existed held its text test split just before val; resumed
+    # today without saying so, it would train on that held-out slice.
+    from generate.storage import atomic_save
+
+    train(compose_config("config", overrides(small_text, tmp_path, "old", "train.max_steps=8")))
+    last = tmp_path / "checkpoints" / "old" / "last.pt"
+    ckpt = load_checkpoint(last)
+    del ckpt["config"]["dataset"]["test_position"]
+    atomic_save(ckpt, last)
+    for extra, said in (((), "dataset.test_position=before_val"), (("dataset.test_position=before_val", "dataset.val_fraction=0.2"),
+                                                                     "dataset.val_fraction=0.1")):
+        done = run_cli("train", *overrides(small_text, tmp_path, "old", "train.resume=true", *extra))
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        assert f"was trained on other splits; add {said} to resume it" in done.stderr.strip().splitlines()[-1]
+    resumed = train(compose_config("config", overrides(small_text, tmp_path, "old", "train.resume=true",
+                                                       "dataset.test_position=before_val")))
+    assert resumed.step == 24

@@ -1,4 +1,4 @@
-"""Text source: one UTF-8 file → character tokens, streamed in chunks, split train | test | val along the stream."""
+"""Text source: one UTF-8 file → character tokens, streamed in chunks, split along the stream (test | train | val)."""
 
 from __future__ import annotations
 
@@ -63,29 +63,41 @@ def _last_boundary(data: bytes) -> int:
     return len(data)
 
 
+def _position(cfg: Any) -> str:
+    return str(getattr(cfg.test_position, "value", cfg.test_position))
+
+
 def fingerprint(cfg: Any) -> str:
     # The file's identity (path, size, modification time), as for MIDI folders: reading a 1 GB file to
     # hash it would cost a second on every start. Any edit changes the size or the time.
     path = _text_path(cfg)
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|char|{cfg.val_fraction}|{cfg.test_fraction}|split2"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|char|{cfg.val_fraction}|{cfg.test_fraction}|{_position(cfg)}"
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def split_bounds(n: int, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
-    """Token ranges of train | test | val, in that order along the stream: val is the last `val_fraction`.
+def split_bounds(n: int, val_fraction: float, test_fraction: float, test_position: str = "start") -> dict[str, tuple[int, int]]:
+    """Token ranges of the splits along the stream: test | train | val (`test_position` "start") or
+    train | test | val ("before_val"); val is always the last `val_fraction`.
 
     val starts at int(n * (1 - val_fraction)), exactly nanoGPT's `data[int(n*0.9):]` for val_fraction=0.1
-    (n - int(n * 0.1) would start it one character later whenever n * 0.1 is not whole).
+    (n - int(n * 0.1) would start it one character later whenever n * 0.1 is not whole). The test split
+    comes first by default so training ends where validation begins, as in nanoGPT: a test slice between
+    them takes the opening of whatever the validation text continues (in Tiny Shakespeare, the first half
+    of The Taming of the Shrew, whose people speak most of the validation split).
     """
     val_start = int(n * (1 - val_fraction))
-    test_start = val_start - int(n * test_fraction)
-    return {"train": (0, test_start), "test": (test_start, val_start), "val": (val_start, n)}
+    size = int(n * test_fraction)
+    if str(getattr(test_position, "value", test_position)) == "before_val":
+        return {"train": (0, val_start - size), "test": (val_start - size, val_start), "val": (val_start, n)}
+    return {"test": (0, size), "train": (size, val_start), "val": (val_start, n)}
 
 
-def split_stream(ids: list[int], val_fraction: float, test_fraction: float) -> dict[str, list[list[int]]]:
-    """One token stream → train | test | val, in that order: val is the last `val_fraction`."""
-    return {s: [ids[a:b]] for s, (a, b) in split_bounds(len(ids), val_fraction, test_fraction).items()}
+def split_stream(ids: list[int], val_fraction: float, test_fraction: float, test_position: str = "start",
+                 ) -> dict[str, list[list[int]]]:
+    """One token stream → its train, test and val parts (split_bounds): val is the last `val_fraction`."""
+    bounds = split_bounds(len(ids), val_fraction, test_fraction, test_position)
+    return {s: [ids[a:b]] for s, (a, b) in bounds.items()}
 
 
 def build(cfg: Any, workdir: Path) -> Corpus:
@@ -103,7 +115,7 @@ def build(cfg: Any, workdir: Path) -> Corpus:
     tokenizer = CharTokenizer.from_counts(counts)
     dtype = token_dtype(tokenizer.vocab_size)
     n = int(counts.sum())
-    bounds = split_bounds(n, cfg.val_fraction, cfg.test_fraction)
+    bounds = split_bounds(n, cfg.val_fraction, cfg.test_fraction, _position(cfg))
     files = {s: npy_writer(workdir / f"{s}.tokens.npy", dtype, b - a) for s, (a, b) in bounds.items()}
     try:
         done = 0
