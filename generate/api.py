@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,12 +240,15 @@ class Model:
     def evaluate(
         self, split: str = "test", *, batch_size: int = 64, seq_len: int = 256, dataset_path: str | None = None,
         cache_dir: str | None = None, max_tokens: int = 0, canonical: bool | None = None, transpositions: int = 0,
+        ensemble: Sequence[Model | str | Path] = (),
     ) -> EvalResult:
         """The loss on a split of the model's own dataset (every token, each document from a fresh state).
 
         `max_tokens` > 0: a fixed sample of about that many tokens. Polyphonic models also get the first-step-excluded
         and canonical-order figures (`canonical` None: when the tokenizer has the order; False: skipped); see EvalResult.
-        `transpositions` K > 0 (music): the figures of the mixture of the model's views -K..K semitones away."""
+        `transpositions` K > 0 (music): the figures of the mixture of the model's views -K..K semitones away.
+        `ensemble`: more models (or their names / paths) with this one's tokens, mixed in with equal weight; the split
+        is this model's."""
         split = str(getattr(split, "value", split))
         if split not in SPLITS:
             raise UserError(f"split={split!r} is not one of {', '.join(SPLITS)}")
@@ -257,8 +260,13 @@ class Model:
             why = f" (it was trained with dataset.{split}_fraction={fraction:g})" if fraction == 0 else ""
             raise UserError(f"the {split} split of this model's dataset is empty{why}; score another split, "
                             f"e.g. split={'val' if split != 'val' else 'test'}")
+        others = [m if isinstance(m, Model) else Model.from_pretrained(m, str(self.device)) for m in ensemble]
+        for other in others:
+            if other.tokenizer.definition() != self.tokenizer.definition():
+                raise UserError(f"ensemble: {other.path} has other tokens than {self.path}; only models trained on "
+                                "the same dataset settings can be mixed")
         return score_documents(self.net, self.tokenizer, corpus.splits[split], batch_size, seq_len, self.device,
-                               max_tokens, canonical, transpositions)
+                               max_tokens, canonical, transpositions, [other.net for other in others])
 
 
 def load(name_or_path: str | Path | None = None, device: str = "cpu") -> Model:

@@ -22,7 +22,7 @@ def prepare_arguments(command: str, args: list[str]) -> list[str]:
     """The command line as Hydra needs it: free-text values quoted, argparse habits refused with the fix."""
     from generate.help import setting_names, text_settings
 
-    names, texts = setting_names(command), text_settings(command)
+    names, texts, lists = setting_names(command), text_settings(command), text_settings(command, lists=True)
     for i, arg in enumerate(args):
         if arg.startswith("-") and arg.split("=", 1)[0] not in HYDRA_FLAGS:
             key = arg.lstrip("-").split("=", 1)[0]
@@ -38,6 +38,8 @@ def prepare_arguments(command: str, args: list[str]) -> list[str]:
         quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
         if key in texts and value and not quoted and not set(value) <= SAFE:
             arg = f"{key}={quote_text(value, literal=key == 'prompt')}"  # a prompt is text, never an interpolation
+        elif key in lists and value and not value.startswith("["):  # ensemble=a.pt,b.pt means [a.pt,b.pt]
+            arg = f"{key}=[{value}]"
         prepared.append(arg)
     return prepared
 

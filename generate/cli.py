@@ -146,10 +146,14 @@ def run_evaluate(cfg: Any) -> Any:
     result = model.evaluate(split, batch_size=settings.batch_size, seq_len=settings.seq_len,
                             dataset_path=settings.dataset_path, cache_dir=settings.cache_dir,
                             max_tokens=settings.max_tokens, canonical=settings.canonical,
-                            transpositions=settings.transpositions)
-    if result.transpositions:
-        k = result.transpositions
-        print(f"scored as the mixture of {2 * k + 1} transposed views of the model ({-k:+d}..{k:+d} semitones)")
+                            transpositions=settings.transpositions, ensemble=settings.ensemble)
+    k = result.transpositions
+    semitones = f"({-k:+d}..{k:+d} semitones)"
+    if result.models > 1:
+        print(f"scored as the equal mixture of {result.models} models ({model.path.name} and "
+              f"{', '.join(settings.ensemble)})" + (f", {2 * k + 1} transposed views of each {semitones}" if k else ""))
+    elif k:
+        print(f"scored as the mixture of {2 * k + 1} transposed views of the model {semitones}")
     line = (f"{model.card()['dataset']} {split}: {result.nats_per_token:.4f} nats/token, "
             f"{result.bits_per_token:.4f} bits/token over {result.tokens:,} tokens")
     if result.nll_per_time_step is not None:

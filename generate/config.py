@@ -231,6 +231,7 @@ class EvaluateConfig:
     max_tokens: int = 0  # score a fixed sample of about this many tokens (0 = the whole split)
     canonical: bool | None = None  # polyphonic: also the canonical-order NLL (null: when the model has that order)
     transpositions: int = 0  # music: score the mixture of the model over the piece moved by -K..K semitones
+    ensemble: list[str] = field(default_factory=list)  # more checkpoints (paths or shipped names) mixed in equally
 
     def __post_init__(self) -> None:
         check(vars(self), EVALUATE)

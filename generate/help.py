@@ -147,14 +147,16 @@ def setting_names(command: str) -> set[str]:
     return {f.name for f in dataclasses.fields(SCHEMAS[command])}
 
 
-def text_settings(command: str) -> set[str]:
-    """Keys whose values are free text or paths (str-typed, not a choice): the CLI quotes them for Hydra."""
+def text_settings(command: str, lists: bool = False) -> set[str]:
+    """Keys whose values are free text or paths (str-typed, not a choice): the CLI quotes them for Hydra.
+    With `lists`: the keys that take a list of them instead (ensemble=[a,b])."""
     sections = SECTIONS["train"] if command == "train" else [("", SCHEMAS[command])]
     keys = set()
     for prefix, cls in sections:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
-            if args[0] is str:
+            hint = hints[f.name]
+            args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            if args[0] is str and (typing.get_origin(hint) is list) == lists:
                 keys.add(f"{prefix}.{f.name}" if prefix else f.name)
     return keys

@@ -29,7 +29,8 @@ class EvalResult:
     first_frames: int = 0  # pieces whose first step was scored (one time step each)
     nll_canonical: float | None = None  # renormalized over the tokens canonical order allows (None: not computed)
     first_frame_nll_canonical: float = 0.0
-    transpositions: int = 0  # K > 0: every figure is the TranspositionMixture's, 2K + 1 views of the model
+    transpositions: int = 0  # K > 0: every figure is the Mixture's, 2K + 1 views of each model
+    models: int = 1  # > 1: every figure is the Mixture's, of an ensemble of this many models
 
     @property
     def nats_per_token(self) -> float:
@@ -134,35 +135,42 @@ class FrameSums:
             result.first_frame_nll_canonical += float(self.sums[2])
 
 
-class TranspositionMixture(torch.nn.Module):
-    """A music model scored as the equal mixture of its 2K + 1 transposed views (test-time transposition).
+class Mixture(torch.nn.Module):
+    """Models scored as the equal mixture of their views: each model read as is or, with K > 0, transposed.
 
-    View k reads the piece moved by k semitones (-K <= k <= K) and gives each next token the probability the model
-    gives that token moved by k: zero when it would leave the pitch range, where the view also reads an input pitch
-    unmoved. The mixture's next-token distribution is the mean of the views', a function of the past alone, so the
-    NLL of the whole is exact (cross-entropy renormalizes the mass the views lose off the range). It is an ensemble
-    of one model's views, and its figures are labelled as such. forward returns log-probabilities in place of logits;
-    the hidden state is every view's, stacked along the batch (L, (2K + 1) B, H).
+    View k of a model reads the piece moved by k semitones (-K <= k <= K) and gives each next token the probability
+    the model gives that token moved by k: zero when it would leave the pitch range, where the view also reads an
+    input pitch unmoved (test-time transposition). Every model gets 2K + 1 views and every view the same weight, so
+    several models (an ensemble of checkpoints with one tokenizer) count equally. The mixture's next-token
+    distribution is the mean of the views', a function of the past alone, so the NLL of the whole is exact
+    (cross-entropy renormalizes the mass the views lose off the range); its figures are labelled as a mixture's.
+    forward returns log-probabilities in place of logits; the hidden state is a tuple with one entry per model, its
+    views stacked along the batch (L, (2K + 1) B, H).
     """
 
-    def __init__(self, net: torch.nn.Module, tokenizer: Any, semitones: int) -> None:
+    def __init__(self, nets: list[torch.nn.Module], tokenizer: Any, semitones: int = 0) -> None:
         super().__init__()
-        if not hasattr(tokenizer, "transposition_ids"):  # text
+        if semitones and not hasattr(tokenizer, "transposition_ids"):  # text
             raise UserError(f"transpositions= is for music models; this one has {tokenizer.kind} tokens")
-        self.net = net
-        device = next(net.parameters()).device
-        moved = torch.from_numpy(np.stack([tokenizer.transposition_ids(k) for k in range(-semitones, semitones + 1)]))
+        self.nets = torch.nn.ModuleList(nets)
+        device = next(nets[0].parameters()).device
+        moved = torch.from_numpy(np.stack([tokenizer.transposition_ids(k) for k in range(-semitones, semitones + 1)])
+                                 if semitones else np.arange(tokenizer.vocab_size)[None])
         self.lost = (moved < 0).to(device)  # (views, V): the ids each view cannot give
         self.reads = torch.where(moved < 0, torch.arange(moved.shape[1]), moved).to(device)  # (views, V): id → id read
         self.gives = moved.clamp(min=0).to(device)  # (views, V): id → the id whose probability it gives
 
-    def forward(self, tokens: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, hidden: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         views, (batch, steps) = len(self.reads), tokens.shape
-        logits, hidden = self.net(self.reads[:, tokens].reshape(views * batch, steps), hidden)
-        log_p = torch.log_softmax(logits.float(), -1).view(views, batch, steps, -1)
         index = self.gives[:, None, None, :].expand(-1, batch, steps, -1)
-        per_view = log_p.gather(-1, index).masked_fill(self.lost[:, None, None, :], -math.inf)
-        return torch.logsumexp(per_view, 0) - math.log(views), hidden
+        per_view, states = [], []
+        for net, state in zip(self.nets, hidden or [None] * len(self.nets), strict=True):
+            logits, state = net(self.reads[:, tokens].reshape(views * batch, steps), state)
+            log_p = torch.log_softmax(logits.float(), -1).view(views, batch, steps, -1)
+            per_view.append(log_p.gather(-1, index).masked_fill(self.lost[:, None, None, :], -math.inf))
+            states.append(state)
+        every = torch.cat(per_view)  # (models × views, B, T, V)
+        return torch.logsumexp(every, 0) - math.log(len(every)), tuple(states)
 
 
 @torch.no_grad()
@@ -218,16 +226,19 @@ def evaluate_loss(
 def score_documents(
     model: torch.nn.Module, tokenizer: Tokenizer, docs: list[list[int]], batch_size: int = 64, seq_len: int = 256,
     device: torch.device | str = "cpu", max_tokens: int = 0, canonical: bool | None = None, transpositions: int = 0,
+    ensemble: list[torch.nn.Module] | None = None,
 ) -> EvalResult:
     """Score whole documents of one split (a text stream is cut into `batch_size` chunks scored in parallel).
 
     `max_tokens` > 0 scores a fixed sample of about that many tokens (split_for_eval). Polyphonic music also gets
     the first-frame-excluded and canonical-order figures; `canonical` None: when the tokenizer has canonical order.
-    `transpositions` K > 0 scores the TranspositionMixture of the model's views -K..K semitones away, with
-    batch_size / (2K + 1) documents at once, so each forward call still runs about batch_size rows.
+    `transpositions` K > 0 scores the Mixture of the model's views -K..K semitones away, with batch_size / (2K + 1)
+    documents at once, so each forward call still runs about batch_size rows. `ensemble`: more models with the same
+    tokens, mixed in with equal weight (each with its 2K + 1 views).
     """
-    if transpositions:
-        model = TranspositionMixture(model, tokenizer, transpositions)
+    models = [model, *(ensemble or [])]
+    if transpositions or len(models) > 1:
+        model = Mixture(models, tokenizer, transpositions)
     chunks = split_for_eval(docs, batch_size, max_tokens)
     if not chunks:
         raise UserError("there is nothing to score: the split is empty")
@@ -245,5 +256,5 @@ def score_documents(
     count_steps = getattr(tokenizer, "count_time_steps", None)  # only tokenizers with time steps have it
     if count_steps is not None:
         result.time_steps = sum(count_steps(chunk) for chunk in chunks)  # what was scored (all of it, unbounded)
-    result.transpositions = transpositions
+    result.transpositions, result.models = transpositions, len(models)
     return result

@@ -61,6 +61,21 @@ def test_prompts_with_symbols_reach_the_model_as_written(prompt: str, text_check
     assert all(repr(ch) in line for ch in unseen[:10]), line  # the message names the first ten
 
 
+@pytest.mark.parametrize(("spelling", "models"), [("[jsb]", 2), ("jsb", 2), ("jsb,jsb", 3)])
+def test_a_list_setting_takes_one_value_or_several_with_or_without_brackets(spelling: str, models: int,
+                                                                              tmp_path: Path) -> None:
+    done = run_cli("evaluate", "checkpoint=jsb", f"ensemble={spelling}", "max_tokens=200", f"cache_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    assert f"scored as the equal mixture of {models} models (jsb.pt and {spelling.strip('[]').replace(',', ', ')})" \
+        in done.stdout
+
+
+def test_a_missing_ensemble_member_is_one_line(tmp_path: Path) -> None:
+    done = run_cli("evaluate", "checkpoint=jsb", f"ensemble={tmp_path / 'gone.pt'}", f"cache_dir={tmp_path}")
+    (line,) = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and line.startswith("error: checkpoint not found:") and "gone.pt" in line
+
+
 def test_prompt_file_and_shipped_models_by_name_from_another_folder(tmp_path: Path) -> None:
     opening = tmp_path / "opening.txt"
     opening.write_text("ROMEO:\nWhat, ho! Is it so?\n", encoding="utf-8")

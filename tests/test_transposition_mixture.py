@@ -19,7 +19,7 @@ from generate.cli import run_evaluate
 from generate.errors import UserError
 from generate.model import GRULanguageModel, ModelSpec
 from generate.music.extract import Extraction
-from generate.scoring import TranspositionMixture, score_documents
+from generate.scoring import Mixture, score_documents
 from generate.tokenizers.char import CharTokenizer
 from generate.tokenizers.events import EventTokenizer
 from generate.tokenizers.polyphonic import PolyphonicTokenizer
@@ -30,15 +30,17 @@ from tests.test_metre import real_tunes, tokenizers
 Logits = Callable[[np.ndarray], np.ndarray]  # a whole sequence of input ids (T,) → logits (T, V)
 
 
-def brute_mixture(logits_of: Logits, tok: PolyphonicTokenizer, doc: list[int], semitones: int) -> dict[str, float]:
-    """The mixture written out in float64 loops: each view's log-probabilities of every id, averaged in probability,
-    then renormalized over the vocabulary (exact) or over the ids canonical order allows."""
+def brute_mixture(logits_of: Logits | list[Logits], tok: PolyphonicTokenizer, doc: list[int],
+                  semitones: int) -> dict[str, float]:
+    """The mixture written out in float64 loops: each view's (of each model's) log-probabilities of every id,
+    averaged in probability, then renormalized over the vocabulary (exact) or over the ids canonical order allows."""
     seq = np.array([SEP, *doc])
     views = []
-    for k in range(-semitones, semitones + 1):
+    models = logits_of if isinstance(logits_of, list) else [logits_of]
+    for model, k in itertools.product(models, range(-semitones, semitones + 1)):
         moved = tok.transposition_ids(k)
         reads = np.where(moved < 0, np.arange(len(moved)), moved)
-        logits = logits_of(reads[seq[:-1]]).astype(np.float64)
+        logits = model(reads[seq[:-1]]).astype(np.float64)
         log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         view = np.full_like(log_p, -np.inf)
         for y, g in enumerate(moved):
@@ -100,6 +102,42 @@ def test_mixture_matches_numpy_over_windows_and_batches() -> None:
         assert (result.time_steps, result.first_frames) == (9, 3)
 
 
+def test_an_ensemble_mixes_every_view_of_every_model_equally() -> None:
+    tok = PolyphonicTokenizer(60, 66, 1)
+    tables = [np.random.default_rng(seed).normal(0, 2, size=(tok.vocab_size, tok.vocab_size)) for seed in (7, 8, 9)]
+    docs = [tok.encode_roll(roll) for roll in ([{60, 64}, {61}, set(), {62, 65, 66}], [{66}, {60, 61}])]
+    models = [TableModel(table) for table in tables]
+    for semitones in (0, 2):
+        expected = [brute_mixture([lambda ids, t=t: t[ids] for t in tables], tok, doc, semitones) for doc in docs]
+        for seq_len in (1, 4, 50):
+            result = score_documents(models[0], tok, docs, batch_size=2, seq_len=seq_len, transpositions=semitones,
+                                     ensemble=models[1:])
+            assert (result.models, result.transpositions) == (3, semitones)
+            assert result.nll == pytest.approx(sum(e["exact"] for e in expected), rel=1e-5)
+            assert result.nll_canonical == pytest.approx(sum(e["canonical"] for e in expected), rel=1e-5)
+            assert result.first_frame_nll == pytest.approx(sum(e["first_exact"] for e in expected), rel=1e-5)
+
+
+def test_an_ensemble_of_text_grus_carries_each_state_across_windows() -> None:
+    text = Path(__file__).resolve().parents[1].joinpath("README.md").read_text(encoding="utf-8")[:400]
+    tok = CharTokenizer(text)
+    doc = tok.encode(text)
+    nets = []
+    for seed, hidden in ((0, 24), (1, 16)):  # two sizes: each model keeps its own state
+        torch.manual_seed(seed)
+        nets.append(GRULanguageModel(ModelSpec(vocab_size=tok.vocab_size, embedding_size=8, hidden_size=hidden,
+                                               dropout=0.0)).eval())
+    with torch.no_grad():
+        whole = [torch.log_softmax(net(torch.tensor(doc)[None])[0][0].double(), -1) for net in nets]
+    mixed = torch.logsumexp(torch.stack(whole), 0) - math.log(2)  # (T, V)
+    expected = -float(mixed[torch.arange(len(doc) - 1), torch.tensor(doc[1:])].sum())
+    result = score_documents(nets[0], tok, [doc], batch_size=1, seq_len=37, ensemble=nets[1:])
+    assert result.models == 2 and result.tokens == len(doc) - 1
+    assert result.nll == pytest.approx(expected, rel=1e-5)
+    alone = [score_documents(net, tok, [doc], batch_size=1, seq_len=37).nll for net in nets]
+    assert result.nll < max(alone)  # log-mean-exp is concave: never worse than the worse model
+
+
 def test_a_gru_on_a_real_jsb_piece_carries_every_view_state_across_windows() -> None:
     with gzip.open(JSB, "rt") as f:
         piece = json.load(f)["test"][0]
@@ -123,7 +161,7 @@ def test_a_gru_on_a_real_jsb_piece_carries_every_view_state_across_windows() -> 
 def test_the_mixture_gives_each_position_a_distribution() -> None:
     tok = PolyphonicTokenizer(60, 64, 1)
     table = np.random.default_rng(4).normal(0, 3, size=(tok.vocab_size, tok.vocab_size))
-    mixture = TranspositionMixture(TableModel(table), tok, 2)
+    mixture = Mixture([TableModel(table)], tok, 2)
     log_q, _ = mixture(torch.tensor([[SEP, 2, 6, STEP, 4]]))
     mass = torch.exp(log_q).sum(-1)
     assert torch.all(mass <= 1 + 1e-6) and torch.all(mass > 0)  # the views' mass off the range is lost, not made up
@@ -164,12 +202,30 @@ def test_evaluate_labels_the_mixture_and_checks_its_range(jsb_cache: Path, capsy
     assert math.isfinite(mixed.nll)
 
 
+def test_evaluate_mixes_checkpoints_with_the_same_tokens_only(jsb_cache: Path, capsys) -> None:
+    base = [f"checkpoint={JSB_MODEL}", "split=test", f"cache_dir={jsb_cache}", "max_tokens=2000"]
+    alone = run_evaluate(compose_config("evaluate", base))
+    twice = run_evaluate(compose_config("evaluate", [*base, "ensemble=[jsb]", "transpositions=1"]))
+    assert "scored as the equal mixture of 2 models (jsb.pt and jsb), 3 transposed views of each (-1..+1 semitones)" \
+        in capsys.readouterr().out
+    once = Model.from_pretrained(JSB_MODEL).evaluate("test", cache_dir=str(jsb_cache), max_tokens=2000,
+                                                     transpositions=1)
+    # A model mixed with itself is the model: the same figures to float precision, whatever the views.
+    assert twice.models == 2 and twice.nll == pytest.approx(once.nll, rel=1e-5) and once.nll != alone.nll
+    with pytest.raises(UserError, match=r"ensemble: .*shakespeare.pt has other tokens than .*jsb.pt"):
+        run_evaluate(compose_config("evaluate", [*base, "ensemble=[shakespeare]"]))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_the_mixture_on_cuda_matches_cpu() -> None:
+def test_the_mixture_and_an_ensemble_on_cuda_match_cpu() -> None:
     tok = PolyphonicTokenizer(60, 66, 1)
     table = np.random.default_rng(6).normal(0, 2, size=(tok.vocab_size, tok.vocab_size))
     docs = [tok.encode_roll([{60, 63}, set(), {61, 66}]), tok.encode_roll([{62}, {62, 64, 65}])]
-    cpu = score_documents(TableModel(table), tok, docs, batch_size=2, seq_len=3, transpositions=2)
-    cuda = score_documents(TableModel(table).cuda(), tok, docs, batch_size=2, seq_len=3, device="cuda", transpositions=2)
-    for field in ("nll", "nll_canonical", "first_frame_nll"):
-        assert getattr(cuda, field) == pytest.approx(getattr(cpu, field), rel=1e-5), field
+    other = np.random.default_rng(7).normal(0, 2, size=table.shape)
+    for ensemble in ([], [other]):  # the model alone, then an ensemble of two
+        cpu = score_documents(TableModel(table), tok, docs, batch_size=2, seq_len=3, transpositions=2,
+                              ensemble=[TableModel(t) for t in ensemble])
+        cuda = score_documents(TableModel(table).cuda(), tok, docs, batch_size=2, seq_len=3, device="cuda",
+                               transpositions=2, ensemble=[TableModel(t).cuda() for t in ensemble])
+        for field in ("nll", "nll_canonical", "first_frame_nll"):
+            assert getattr(cuda, field) == pytest.approx(getattr(cpu, field), rel=1e-5), field
