@@ -254,17 +254,18 @@ class Model:
             raise UserError(f"split={split!r} is not one of {', '.join(SPLITS)}")
         check({"batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens, "transpositions": transpositions},
               EVALUATE)
+        # The members first: a wrong one is refused before the dataset is read.
+        others = [m if isinstance(m, Model) else Model.from_pretrained(m, str(self.device)) for m in ensemble]
+        for other in others:
+            if other.tokenizer.definition() != self.tokenizer.definition():
+                raise UserError(f"ensemble: {other.path} has other tokens than {self.path}; only models trained on "
+                                "the same dataset settings can be mixed")
         corpus = self.dataset(dataset_path, cache_dir)
         if not sum(len(doc) for doc in corpus.splits[split]):
             fraction = self.checkpoint["config"]["dataset"].get(f"{split}_fraction")
             why = f" (it was trained with dataset.{split}_fraction={fraction:g})" if fraction == 0 else ""
             raise UserError(f"the {split} split of this model's dataset is empty{why}; score another split, "
                             f"e.g. split={'val' if split != 'val' else 'test'}")
-        others = [m if isinstance(m, Model) else Model.from_pretrained(m, str(self.device)) for m in ensemble]
-        for other in others:
-            if other.tokenizer.definition() != self.tokenizer.definition():
-                raise UserError(f"ensemble: {other.path} has other tokens than {self.path}; only models trained on "
-                                "the same dataset settings can be mixed")
         return score_documents(self.net, self.tokenizer, corpus.splits[split], batch_size, seq_len, self.device,
                                max_tokens, canonical, transpositions, [other.net for other in others])
 

@@ -163,9 +163,10 @@ class Mixture(torch.nn.Module):
     def forward(self, tokens: torch.Tensor, hidden: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         views, (batch, steps) = len(self.reads), tokens.shape
         index = self.gives[:, None, None, :].expand(-1, batch, steps, -1)
+        read = self.reads[:, tokens].reshape(views * batch, steps)  # every view's input, the same for every model
         per_view, states = [], []
         for net, state in zip(self.nets, hidden or [None] * len(self.nets), strict=True):
-            logits, state = net(self.reads[:, tokens].reshape(views * batch, steps), state)
+            logits, state = net(read, state)
             log_p = torch.log_softmax(logits.float(), -1).view(views, batch, steps, -1)
             per_view.append(log_p.gather(-1, index).masked_fill(self.lost[:, None, None, :], -math.inf))
             states.append(state)
