@@ -30,7 +30,7 @@ from generate.paths import home
 from generate.ranges import EVALUATE, MAX_MUSIC_TOKENS, check
 from generate.runtime import resolve_device
 from generate.samples import MusicSample, TextSample
-from generate.scoring import EvalResult, score_documents
+from generate.scoring import EvalResult, mix_frames, score_documents
 from generate.sources import SPLITS, Corpus
 from generate.tokenizers import MusicTokenizer, Tokenizer
 from generate.trainer import RunSummary, train_run
@@ -248,7 +248,8 @@ class Model:
         and canonical-order figures (`canonical` None: when the tokenizer has the order; False: skipped); see EvalResult.
         `transpositions` K > 0 (music): the figures of the mixture of the model's views -K..K semitones away.
         `ensemble`: more models (or their names / paths) with this one's tokens, mixed in with equal weight; the split
-        is this model's."""
+        is this model's. Polyphonic models that read a step's pitches in the other order (dataset.pitch_order) mix
+        in too, frame by frame (scoring.mix_frames), each scoring the split as its own tokens."""
         split = str(getattr(split, "value", split))
         if split not in SPLITS:
             raise UserError(f"split={split!r} is not one of {', '.join(SPLITS)}")
@@ -256,18 +257,34 @@ class Model:
               EVALUATE)
         # The members first: a wrong one is refused before the dataset is read.
         others = [m if isinstance(m, Model) else Model.from_pretrained(m, str(self.device)) for m in ensemble]
+        groups: list[list[Model]] = [[self]]  # one per way of writing the tokens; this model's first
         for other in others:
-            if other.tokenizer.definition() != self.tokenizer.definition():
+            group = next((g for g in groups if g[0].tokenizer.definition() == other.tokenizer.definition()), None)
+            if group is not None:
+                group.append(other)
+            elif getattr(self.tokenizer, "same_frames", None) and self.tokenizer.same_frames(other.tokenizer):
+                groups.append([other])
+            else:
                 raise UserError(f"ensemble: {other.path} has other tokens than {self.path}; only models trained on "
                                 "the same dataset settings can be mixed")
-        corpus = self.dataset(dataset_path, cache_dir)
-        if not sum(len(doc) for doc in corpus.splits[split]):
-            fraction = self.checkpoint["config"]["dataset"].get(f"{split}_fraction")
-            why = f" (it was trained with dataset.{split}_fraction={fraction:g})" if fraction == 0 else ""
-            raise UserError(f"the {split} split of this model's dataset is empty{why}; score another split, "
-                            f"e.g. split={'val' if split != 'val' else 'test'}")
-        return score_documents(self.net, self.tokenizer, corpus.splits[split], batch_size, seq_len, self.device,
-                               max_tokens, canonical, transpositions, [other.net for other in others])
+        results, pieces = [], None
+        for leader, *members in groups:
+            docs = leader.dataset(dataset_path, cache_dir).splits[split]
+            if not sum(len(doc) for doc in docs):
+                fraction = leader.checkpoint["config"]["dataset"].get(f"{split}_fraction")
+                why = f" (it was trained with dataset.{split}_fraction={fraction:g})" if fraction == 0 else ""
+                raise UserError(f"the {split} split of {leader.path.name}'s dataset is empty{why}; score another "
+                                f"split, e.g. split={'val' if split != 'val' else 'test'}")
+            if len(groups) > 1:  # frame by frame: every group must read the same pieces
+                rolls = [leader.tokenizer.decode_roll(doc) for doc in docs]
+                if pieces is not None and rolls != pieces:
+                    raise UserError(f"ensemble: {leader.path} reads other pieces than {self.path} in split={split}; "
+                                    "mix models trained on the same dataset")
+                pieces = rolls
+            results.append(score_documents(leader.net, leader.tokenizer, docs, batch_size, seq_len, self.device,
+                                           max_tokens, canonical, transpositions, [m.net for m in members],
+                                           keep_frames=len(groups) > 1))
+        return results[0] if len(results) == 1 else mix_frames(results)
 
 
 def load(name_or_path: str | Path | None = None, device: str = "cpu") -> Model:

@@ -28,6 +28,13 @@ class TokenizerKind(str, Enum):
     events = "events"
 
 
+class PitchOrder(str, Enum):
+    """The order of a polyphonic time step's pitches in the token stream."""
+
+    ascending = "ascending"  # the bass first (RNN-NADE's order)
+    descending = "descending"  # the top voice first: the tune, then the harmony under it
+
+
 class Monophony(str, Enum):
     """Which note of a chord a melody keeps."""
 

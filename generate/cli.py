@@ -151,7 +151,8 @@ def run_evaluate(cfg: Any) -> Any:
     semitones = f"({-k:+d}..{k:+d} semitones)"
     if result.models > 1:
         print(f"scored as the equal mixture of {result.models} models ({model.path.name} and "
-              f"{', '.join(settings.ensemble)})" + (f", {2 * k + 1} transposed views of each {semitones}" if k else ""))
+              f"{', '.join(settings.ensemble)})" + (f", {2 * k + 1} transposed views of each {semitones}" if k else "")
+              + (f", frame by frame across {result.pitch_orders} pitch orders" if result.pitch_orders > 1 else ""))
     elif k:
         print(f"scored as the mixture of {2 * k + 1} transposed views of the model {semitones}")
     line = (f"{model.card()['dataset']} {split}: {result.nats_per_token:.4f} nats/token, "

@@ -15,6 +15,7 @@ from generate.choices import (
     Dtype,
     ExportFormat,
     Monophony,
+    PitchOrder,
     Source,
     Split,
     TestPosition,
@@ -103,6 +104,7 @@ class DatasetConfig:
     # `controls` starts every piece with METER, KEY and TEMPO tokens (sample meter=6/8 key=Dm then conditions).
     metre: str = "none"  # none | bar | position (the music presets set bar)
     controls: bool = False  # metre/key/tempo control tokens at the start of every piece (the music presets set true)
+    pitch_order: PitchOrder = PitchOrder.ascending  # polyphonic: a step's pitches low to high, or high to low
     time_stretch: list[float] = field(default_factory=list)  # events only: training copies with every time x each factor
 
     def __post_init__(self) -> None:
@@ -118,6 +120,10 @@ class DatasetConfig:
         if _numbers(self, "min_pitch", "max_pitch") and self.min_pitch > self.max_pitch:
             extra.append(f"dataset.min_pitch={self.min_pitch} must not exceed dataset.max_pitch={self.max_pitch}")
         extra += stretch_problems(self.time_stretch, self.tokenizer)
+        if (str(getattr(self.pitch_order, "value", self.pitch_order)) != "ascending"
+                and str(getattr(self.tokenizer, "value", self.tokenizer)) != "polyphonic"):
+            extra.append(f"dataset.pitch_order={getattr(self.pitch_order, 'value', self.pitch_order)} orders the "
+                         "pitches of a polyphonic step: it needs dataset.tokenizer=polyphonic; remove it")
         check(vars(self), DATASET, "dataset.", extra)
         check_plain_name("dataset.name", self.name)
 

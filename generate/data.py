@@ -258,10 +258,15 @@ def eval_batches(
     tokenizer has one) is context only. Longest documents go first so padding stays small. Windows
     are cut from the documents (numpy views of the store) one at a time: memory is one window, not one split.
     """
-    extra = 0 if separator is None else 1
-    seqs = sorted((d for d in docs if len(d) + extra > 1), key=len, reverse=True)
+    seqs = [docs[i] for i in eval_order(docs, separator)]
     for start in range(0, len(seqs), batch_size):
         yield _windows(seqs[start : start + batch_size], seq_len, separator)
+
+
+def eval_order(docs: Sequence[Sequence[int]], separator: int | None) -> list[int]:
+    """The indices of the documents eval_batches scores, in the order it scores them: longest first (stable)."""
+    extra = 0 if separator is None else 1
+    return sorted((i for i, d in enumerate(docs) if len(d) + extra > 1), key=lambda i: len(docs[i]), reverse=True)
 
 
 def _windows(group: Sequence[Any], seq_len: int, separator: int | None) -> Iterator[tuple[Tensor, Tensor, Tensor, bool]]:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from generate.data import eval_batches, split_for_eval
+from generate.data import eval_batches, eval_order, split_for_eval
 from generate.errors import UserError
 from generate.tokenizers import Tokenizer
 
@@ -31,6 +31,10 @@ class EvalResult:
     first_frame_nll_canonical: float = 0.0
     transpositions: int = 0  # K > 0: every figure is the Mixture's, 2K + 1 views of each model
     models: int = 1  # > 1: every figure is the Mixture's, of an ensemble of this many models
+    pitch_orders: int = 1  # > 1: an ensemble over pitch orders, mixed frame by frame (mix_frames)
+    # With keep_frames: per scored document (in the order given), its NLL per time step, (frames, 2) float64 of
+    # exact and canonical nats (canonical 0 when not computed); tokens after a document's last STEP are one more row.
+    frame_nll: list[np.ndarray] | None = None
 
     @property
     def nats_per_token(self) -> float:
@@ -81,10 +85,10 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def canonical_allowed(lowest: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
-    """(B, T, V) mask of the ids canonical order allows next: STEP, or an id >= `lowest` (the tokenizer's rule)."""
-    ids = torch.arange(vocab_size, device=lowest.device)
-    return (ids == step) | (ids >= lowest[..., None])
+def canonical_allowed(low: torch.Tensor, high: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
+    """(B, T, V) mask of the ids canonical order allows next: STEP, or an id in [low, high) (the tokenizer's rule)."""
+    ids = torch.arange(vocab_size, device=low.device)
+    return (ids == step) | ((ids >= low[..., None]) & (ids < high[..., None]))
 
 
 class FrameSums:
@@ -92,18 +96,21 @@ class FrameSums:
 
     First frame: the targets up to and including a piece's first STEP (Bai et al. 2018 leave that step out).
     Canonical: at each position the softmax is renormalized over the tokens that may come next in canonical
-    order (the tokenizer's canonical_lowest: STEP or a higher pitch than the step's last; never SEP, as the
-    figure conditions on the piece going on, like the papers' fixed-length sequences). That is a proper
+    order (the tokenizer's canonical_bounds: STEP or a pitch on the far side of the step's last; never SEP, as
+    the figure conditions on the piece going on, like the papers' fixed-length sequences). That is a proper
     distribution over frames, so its NLL is exact; the plain NLL also pays for the mass the model puts on
     orders that never occur, so it is an upper bound, and canonical <= plain at every position.
+    With `keep_frames`, also each row's NLL frame by frame (for mix_frames).
     """
 
-    def __init__(self, tokenizer: Any, canonical: bool, rows: int) -> None:
-        self.tokenizer, self.canonical = tokenizer, canonical
+    def __init__(self, tokenizer: Any, canonical: bool, rows: int, keep_frames: bool = False) -> None:
+        self.tokenizer, self.canonical, self.keep_frames = tokenizer, canonical, keep_frames
         self.seen_step = torch.zeros(rows, dtype=torch.bool)  # a row's first STEP has been scored
-        self.carry = None  # canonical_lowest's state between windows
+        self.steps = torch.zeros(rows, dtype=torch.long)  # STEPs scored so far per row: the frame a position is in
+        self.carry = None  # canonical_bounds's state between windows
         self.sums = torch.zeros(3, dtype=torch.float64)  # first-frame nll, canonical nll, first-frame canonical nll
         self.first_tokens = self.first_frames = 0
+        self.kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (frame, nats (B, T, 2), mask)
 
     def add(self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
             losses: torch.Tensor) -> None:
@@ -114,17 +121,22 @@ class FrameSums:
         self.seen_step |= is_step.any(1)
         self.first_frames += int((is_step & first).sum())
         self.first_tokens += int(first.sum())
+        frame = torch.cumsum(is_step, 1) - is_step.long() + self.steps[:, None]
+        self.steps += is_step.sum(1)
         first = first.to(losses.device)
         sums = [(losses * first).sum(dtype=torch.float64)]
+        canonical = torch.zeros_like(losses)
         if self.canonical:
-            lowest, self.carry = self.tokenizer.canonical_lowest(inputs.numpy(), self.carry)
-            lowest = torch.from_numpy(lowest).to(logits.device)
-            allowed = canonical_allowed(lowest, self.tokenizer.STEP, logits.shape[-1])
+            low, high, self.carry = self.tokenizer.canonical_bounds(inputs.numpy(), self.carry)
+            low, high = torch.from_numpy(low).to(logits.device), torch.from_numpy(high).to(logits.device)
+            allowed = canonical_allowed(low, high, self.tokenizer.STEP, logits.shape[-1])
             log_z = torch.logsumexp(logits.masked_fill(~allowed, -math.inf), -1)  # the renormalizer over allowed ids
             target_logits = logits.gather(-1, targets.to(logits.device)[..., None])[..., 0]
             canonical = torch.where(mask.to(logits.device), log_z - target_logits, 0.0)
             sums += [canonical.sum(dtype=torch.float64), (canonical * first).sum(dtype=torch.float64)]
         self.sums[: len(sums)] += torch.stack(sums).cpu()
+        if self.keep_frames:
+            self.kept.append((frame, torch.stack([losses, canonical], -1).double().cpu(), mask))
 
     def into(self, result: EvalResult) -> None:
         result.first_frame_nll += float(self.sums[0])
@@ -133,6 +145,14 @@ class FrameSums:
         if self.canonical:
             result.nll_canonical = (result.nll_canonical or 0.0) + float(self.sums[1])
             result.first_frame_nll_canonical += float(self.sums[2])
+        if self.keep_frames:  # each row's windows, frame by frame
+            frame, nats, mask = (torch.cat(parts, 1) for parts in zip(*self.kept, strict=True))
+            for row in range(len(frame)):
+                index, values = frame[row][mask[row]].numpy(), nats[row][mask[row]].numpy()
+                per_frame = np.zeros((int(index.max(initial=-1)) + 1, 2))
+                np.add.at(per_frame, index, values)
+                result.frame_nll = result.frame_nll if result.frame_nll is not None else []
+                result.frame_nll.append(per_frame)
 
 
 class Mixture(torch.nn.Module):
@@ -186,11 +206,13 @@ def evaluate_loss(
     progress: str = "",
     frames: Any = None,
     canonical: bool = False,
+    keep_frames: bool = False,
 ) -> EvalResult:
     """Sum the cross-entropy over every token of `docs` (each from a fresh hidden state); a bar when `progress` names one.
 
     With `frames` (a polyphonic tokenizer) also each piece's first-time-step share and, with `canonical`, the
-    canonical-order NLL (FrameSums).
+    canonical-order NLL (FrameSums); with `keep_frames` too each document's NLL frame by frame, in the order
+    eval_batches scores them (data.eval_order).
     """
     was_training = model.training
     model.eval()
@@ -211,7 +233,7 @@ def evaluate_loss(
             losses = losses.view_as(targets_d) * mask.to(device)
             total += losses.sum(dtype=torch.float64)
             if frames is not None:
-                sums = sums or FrameSums(frames, canonical, len(inputs))
+                sums = sums or FrameSums(frames, canonical, len(inputs), keep_frames)
                 sums.add(logits, inputs, targets, mask, losses)
             scored = int(mask.sum())
             count += scored
@@ -227,7 +249,7 @@ def evaluate_loss(
 def score_documents(
     model: torch.nn.Module, tokenizer: Tokenizer, docs: list[list[int]], batch_size: int = 64, seq_len: int = 256,
     device: torch.device | str = "cpu", max_tokens: int = 0, canonical: bool | None = None, transpositions: int = 0,
-    ensemble: list[torch.nn.Module] | None = None,
+    ensemble: list[torch.nn.Module] | None = None, keep_frames: bool = False,
 ) -> EvalResult:
     """Score whole documents of one split (a text stream is cut into `batch_size` chunks scored in parallel).
 
@@ -235,7 +257,8 @@ def score_documents(
     the first-frame-excluded and canonical-order figures; `canonical` None: when the tokenizer has canonical order.
     `transpositions` K > 0 scores the Mixture of the model's views -K..K semitones away, with batch_size / (2K + 1)
     documents at once, so each forward call still runs about batch_size rows. `ensemble`: more models with the same
-    tokens, mixed in with equal weight (each with its 2K + 1 views).
+    tokens, mixed in with equal weight (each with its 2K + 1 views). `keep_frames` (polyphonic): also each document's
+    NLL frame by frame (EvalResult.frame_nll, in the order of the documents scored), what mix_frames mixes.
     """
     models = [model, *(ensemble or [])]
     if transpositions or len(models) > 1:
@@ -243,19 +266,52 @@ def score_documents(
     chunks = split_for_eval(docs, batch_size, max_tokens)
     if not chunks:
         raise UserError("there is nothing to score: the split is empty")
-    frames = tokenizer if hasattr(tokenizer, "canonical_lowest") else None  # polyphonic: steps end with STEP
+    frames = tokenizer if hasattr(tokenizer, "canonical_bounds") else None  # polyphonic: steps end with STEP
     order = bool(getattr(tokenizer, "canonical_order", False))
     if canonical and not order:
         if frames is None:
             raise UserError(f"canonical=true is for polyphonic models; this one has {tokenizer.kind} tokens")
-        frames.canonical_lowest(np.zeros((1, 1), dtype=np.int64))  # raises the UserError that says why
+        frames.canonical_bounds(np.zeros((1, 1), dtype=np.int64))  # raises the UserError that says why
     total = sum(len(c) for c in chunks)
     rows = max(1, batch_size // (2 * transpositions + 1))  # documents per call: the same sample, whatever K
     result = evaluate_loss(model, chunks, tokenizer.separator_id(), rows, seq_len, torch.device(device),
                            progress="scoring" if total >= BAR_TOKENS else "", frames=frames,
-                           canonical=order if canonical is None else canonical)
+                           canonical=order if canonical is None else canonical, keep_frames=keep_frames)
+    if keep_frames:  # back from the order eval_batches scored them in to the documents' own
+        scored = dict(zip(eval_order(chunks, tokenizer.separator_id()), result.frame_nll or [], strict=True))
+        result.frame_nll = [scored.get(i, np.zeros((0, 2))) for i in range(len(chunks))]
     count_steps = getattr(tokenizer, "count_time_steps", None)  # only tokenizers with time steps have it
     if count_steps is not None:
         result.time_steps = sum(count_steps(chunk) for chunk in chunks)  # what was scored (all of it, unbounded)
     result.transpositions, result.models = transpositions, len(models)
     return result
+
+
+def mix_frames(results: list[EvalResult]) -> EvalResult:
+    """Polyphonic scores of the same pieces (each with keep_frames), mixed frame by frame with weight per model.
+
+    Each result (one pitch order's model, or its models mixed token by token) is a proper distribution over the
+    next frame given the frames before it, whatever order it reads a frame's pitches in (PolyphonicTokenizer.
+    pitch_order), so the mean of those distributions, each weighted by the models it stands for, is one too: its
+    NLL per time step is exact, and so is its canonical figure (the mean of the canonical distributions). The
+    pieces, frames and token counts must be the same in every result (Model.evaluate checks the pieces).
+    """
+    weights = np.array([r.models for r in results], dtype=np.float64)
+    log_w = np.log(weights / weights.sum())[:, None]
+    first = results[0]
+    canonical = all(r.nll_canonical is not None for r in results)
+    nll = [0.0, 0.0, 0.0, 0.0]  # exact, canonical, and both for each piece's first frame
+    for docs in zip(*(r.frame_nll or [] for r in results), strict=True):
+        if len({len(d) for d in docs}) > 1:
+            raise UserError("these models' pieces have different numbers of time steps: mix models of one dataset")
+        if not len(docs[0]):
+            continue
+        for column in (0, 1):
+            mixed = -np.logaddexp.reduce(log_w - np.stack([d[:, column] for d in docs]), axis=0)
+            nll[column] += float(mixed.sum())
+            nll[2 + column] += float(mixed[0])
+    return EvalResult(
+        nll[0], first.tokens, first.time_steps, nll[2], first.first_frame_tokens, first.first_frames,
+        nll[1] if canonical else None, nll[3] if canonical else 0.0, first.transpositions, int(weights.sum()),
+        pitch_orders=len(results),
+    )

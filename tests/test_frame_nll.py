@@ -37,21 +37,23 @@ class TableModel(torch.nn.Module):
         return self.table[inputs], hidden
 
 
-def brute_allowed(context: list[int], vocab_size: int) -> set[int]:
-    """The rule written out token by token: after a pitch p only STEP or pitches above p; after STEP/SEP any pitch."""
-    last = context[-1]
-    lowest = last + 1 if last >= PolyphonicTokenizer.FIRST_PITCH else PolyphonicTokenizer.FIRST_PITCH
-    return {STEP} | set(range(lowest, vocab_size))
+def brute_allowed(context: list[int], vocab_size: int, order: str = "ascending") -> set[int]:
+    """The rule written out token by token: after a pitch p only STEP or pitches above p (descending: below p);
+    after STEP/SEP any pitch."""
+    first, last = PolyphonicTokenizer.FIRST_PITCH, context[-1]
+    if last < first:
+        return {STEP} | set(range(first, vocab_size))
+    return {STEP} | set(range(last + 1, vocab_size) if order == "ascending" else range(first, last))
 
 
-def brute_force(table: np.ndarray, doc: list[int]) -> dict[str, float]:
+def brute_force(table: np.ndarray, doc: list[int], order: str = "ascending") -> dict[str, float]:
     """Exact and canonical NLL of one piece (scored after a SEP), all of it and its first step, in a Python loop."""
     seq = [SEP, *doc]
     out = dict.fromkeys(("exact", "canonical", "first_exact", "first_canonical", "first_tokens"), 0.0)
     in_first = True
     for i in range(1, len(seq)):
         logits = table[seq[i - 1]].astype(np.float64)
-        allowed = sorted(brute_allowed(seq[:i], len(logits)))
+        allowed = sorted(brute_allowed(seq[:i], len(logits), order))
         exact = -(logits[seq[i]] - np.log(np.exp(logits).sum()))
         canonical = -(logits[seq[i]] - np.log(np.exp(logits[allowed]).sum()))
         out["exact"] += exact
@@ -79,16 +81,17 @@ def test_hand_computed_uniform_case() -> None:
     assert result.canonical_nll_per_time_step == pytest.approx(math.log(96) / 2)
 
 
-def test_canonical_matches_numpy_over_windows_and_batches() -> None:
+@pytest.mark.parametrize("order", PolyphonicTokenizer.ORDERS)
+def test_canonical_matches_numpy_over_windows_and_batches(order: str) -> None:
     # Several pieces, short windows and small batches: the carries across windows and batches must be right.
-    tok = PolyphonicTokenizer(60, 66, 1)  # vocabulary 9
+    tok = PolyphonicTokenizer(60, 66, 1, pitch_order=order)  # vocabulary 9
     rng = np.random.default_rng(0)
     table = rng.normal(0, 2, size=(tok.vocab_size, tok.vocab_size))
     rolls = [[{60, 63, 66}, set(), {61}, {62, 64}], [set(), {65}], [{60, 61, 62, 63, 64, 65, 66}, {66}, {60}]]
     docs = [tok.encode_roll(roll) for roll in rolls]
     for seq_len in (1, 3, 50):
         result = score_documents(TableModel(table), tok, docs, batch_size=2, seq_len=seq_len)
-        expected = [brute_force(table, doc) for doc in docs]
+        expected = [brute_force(table, doc, order) for doc in docs]
         assert result.nll == pytest.approx(sum(e["exact"] for e in expected), rel=1e-5)
         assert result.nll_canonical == pytest.approx(sum(e["canonical"] for e in expected), rel=1e-5)
         assert result.first_frame_nll == pytest.approx(sum(e["first_exact"] for e in expected), rel=1e-5)
@@ -120,25 +123,28 @@ def test_silent_first_step_is_one_token() -> None:
     assert result.nll_per_time_step_after_first == pytest.approx(2 * math.log(5))  # one step of two tokens is left
 
 
-def test_allowed_set_and_masked_softmax_on_a_real_jsb_piece() -> None:
+@pytest.mark.parametrize("order", PolyphonicTokenizer.ORDERS)
+def test_allowed_set_and_masked_softmax_on_a_real_jsb_piece(order: str) -> None:
     with gzip.open(JSB, "rt") as f:
         piece = json.load(f)["test"][0]
-    tok = PolyphonicTokenizer(21, 108, 1)
+    tok = PolyphonicTokenizer(21, 108, 1, pitch_order=order)
     ids = tok.encode_roll(piece)
     context = [SEP, *ids[:-1]]
-    lowest, _ = tok.canonical_lowest(np.array([context]))
-    allowed = canonical_allowed(torch.from_numpy(lowest), STEP, tok.vocab_size)[0]  # (T, V)
+    low, high, _ = tok.canonical_bounds(np.array([context]))
+    allowed = canonical_allowed(torch.from_numpy(low), torch.from_numpy(high), STEP, tok.vocab_size)[0]  # (T, V)
     for t in range(len(ids)):
-        assert set(torch.nonzero(allowed[t]).flatten().tolist()) == brute_allowed(context[: t + 1], tok.vocab_size), t
+        expected = brute_allowed(context[: t + 1], tok.vocab_size, order)
+        assert set(torch.nonzero(allowed[t]).flatten().tolist()) == expected, t
         assert allowed[t, ids[t]], t  # the true next token is always allowed
     logits = torch.randn(len(ids), tok.vocab_size, generator=torch.Generator().manual_seed(0)) * 3
     log_z = torch.logsumexp(logits.masked_fill(~allowed, -math.inf), -1)
     probs = torch.exp(logits - log_z[:, None]) * allowed
     assert torch.allclose(probs.sum(-1), torch.ones(len(ids)))
     # Cut in two with the carry: the same rule as one pass.
-    head, carry = tok.canonical_lowest(np.array([context[:37]]))
-    tail, _ = tok.canonical_lowest(np.array([context[37:]]), carry)
-    assert np.array_equal(np.concatenate([head, tail], 1), lowest)
+    *head, carry = tok.canonical_bounds(np.array([context[:37]]))
+    *tail, _ = tok.canonical_bounds(np.array([context[37:]]), carry)
+    assert np.array_equal(np.concatenate([head[0], tail[0]], 1), low)
+    assert np.array_equal(np.concatenate([head[1], tail[1]], 1), high)
 
 
 def test_metre_tokens_and_other_tokenizers_refuse_canonical_scoring() -> None:

@@ -73,7 +73,8 @@ def settings_key(cfg: Any) -> str:
         "tokenizer", "steps_per_quarter", "min_pitch", "max_pitch", "monophony", "split_silence_quarters",
         "min_melody_steps", "transpose", "transpose_range", "max_files", "val_fraction", "test_fraction",
     )
-    keys += tuple(k for k in ("metre", "controls", "time_stretch") if getattr(cfg, k, None) not in (None, "none", False, []))
+    keys += tuple(k for k in ("metre", "controls", "time_stretch", "pitch_order")
+                  if getattr(getattr(cfg, k, None), "value", getattr(cfg, k, None)) not in (None, "none", False, [], "ascending"))
     values = [getattr(cfg, k) for k in keys]
     return f"extract-v{EXTRACT_VERSION}|split-v{SPLIT_RULE}|" + "|".join(f"{k}={getattr(v, 'value', v)}" for k, v in zip(keys, values))
 

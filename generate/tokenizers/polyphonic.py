@@ -1,4 +1,4 @@
-"""Polyphony as piano-roll steps: the pitches sounding at each grid step in ascending order, then STEP."""
+"""Polyphony as piano-roll steps: the pitches sounding at each grid step, low to high (or high to low), then STEP."""
 
 from __future__ import annotations
 
@@ -19,12 +19,15 @@ class PolyphonicTokenizer(MusicTokenizer):
     """Vocabulary: 0 SEP (between pieces), 1 STEP (end of a time step), then one token per pitch.
 
     A step with no pitch is a lone STEP (silence). Every step ends with exactly one STEP and its
-    pitches come in one (ascending) order, so each sequence of pitch sets has exactly one token
-    sequence; the summed negative log-likelihood divided by `count_time_steps` is the NLL per time
-    step that the polyphonic music literature reports (Boulanger-Lewandowski et al. 2012). The
-    model also gives some mass to orders that never occur (a pitch below the step's last), so that
-    figure is an upper bound; `canonical_lowest` is the rule evaluation renormalizes over to get
-    the exact NLL of a proper distribution over frames (generate/scoring.py, FrameSums).
+    pitches come in one order, ascending (the bass first, as RNN-NADE reads a frame) or, with
+    `pitch_order="descending"`, the top voice first (the tune, then the harmony under it), so each
+    sequence of pitch sets has exactly one token sequence; the summed negative log-likelihood divided
+    by `count_time_steps` is the NLL per time step that the polyphonic music literature reports
+    (Boulanger-Lewandowski et al. 2012). The model also gives some mass to orders that never occur
+    (a pitch on the wrong side of the step's last), so that figure is an upper bound;
+    `canonical_bounds` is the rule evaluation renormalizes over to get the exact NLL of a proper
+    distribution over frames (generate/scoring.py, FrameSums). Both orders describe the same frames,
+    so their models can be mixed frame by frame (scoring.mix_frames).
 
     Like the benchmark piano rolls, a held note and a repeated note look the same: consecutive
     steps with the same pitch decode as one held note.
@@ -42,11 +45,15 @@ class PolyphonicTokenizer(MusicTokenizer):
     kind: ClassVar[str] = "polyphonic"
     STEP: ClassVar[int] = 1
     FIRST_PITCH: ClassVar[int] = 2
+    ORDERS: ClassVar[tuple[str, ...]] = ("ascending", "descending")
 
     def __init__(self, min_pitch: int = 21, max_pitch: int = 108, steps_per_quarter: int = 4, metre: str = "none",
-                 controls: bool = False):
+                 controls: bool = False, pitch_order: str = "ascending"):
         super().__init__(min_pitch, max_pitch)
         self.steps_per_quarter = int(steps_per_quarter)
+        if pitch_order not in self.ORDERS:
+            raise UserError(f"dataset.pitch_order={pitch_order} is not one of {', '.join(self.ORDERS)}")
+        self.pitch_order = pitch_order
         self.layer = MetreLayer(self.FIRST_PITCH + self.num_pitches, self.steps_per_quarter, str(metre), bool(controls))
 
     @property
@@ -61,7 +68,7 @@ class PolyphonicTokenizer(MusicTokenizer):
         steps: list[list[int]] = []
         for step in roll:
             tokens = []
-            for pitch in sorted(set(step)):
+            for pitch in sorted(set(step), reverse=self.pitch_order == "descending"):
                 if not self.in_range(pitch):
                     raise ValueError(f"pitch {pitch} is outside {self.min_pitch}..{self.max_pitch}")
                 tokens.append(self.FIRST_PITCH + pitch - self.min_pitch)
@@ -121,16 +128,18 @@ class PolyphonicTokenizer(MusicTokenizer):
 
     @property
     def canonical_order(self) -> bool:
-        """Whether canonical_lowest applies: without metre and control tokens every id is SEP, STEP or a pitch."""
+        """Whether canonical_bounds applies: without metre and control tokens every id is SEP, STEP or a pitch."""
         return self.layer.base == self.layer.end
 
-    def canonical_lowest(self, context: np.ndarray, carry: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def canonical_bounds(self, context: np.ndarray, carry: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The grammar of canonical order: after each position of `context` (B, T ids), the next token is STEP or a
-        pitch id >= the returned lowest (B, T); SEP never, as evaluation conditions on the piece going on.
+        pitch id in [low, high) (B, T each); SEP never, as evaluation conditions on the piece going on.
 
-        Within a step pitches ascend, so the lowest is one above the last pitch since the last STEP or SEP (the
-        first pitch id when there is none): a running maximum that restarts at each STEP. `carry` (B,) is that
-        lowest entering the window (None: a fresh piece); the second value is it leaving, for the next window.
+        Within a step pitches move one way, so the bound is the step's last pitch (none after a STEP or SEP): in
+        ascending order the next is above it, in descending order below it. Both are one running maximum that
+        restarts at each STEP, taken over the pitch ids read upward (ascending) or mirrored (descending). `carry`
+        (B,) is that running bound entering the window (None: a fresh piece); the third value is it leaving.
         """
         if not self.canonical_order:
             raise UserError(
@@ -138,22 +147,36 @@ class PolyphonicTokenizer(MusicTokenizer):
                 f"metre={self.layer.metre}, controls={self.layer.controls}); evaluate it with canonical=false"
             )
         ids = np.asarray(context, dtype=np.int64)
-        rows = ids.shape[0]
-        start = np.full((rows, 1), self.FIRST_PITCH, dtype=np.int64) if carry is None else np.reshape(carry, (rows, 1))
+        rows, top = ids.shape[0], self.layer.base  # pitch ids are FIRST_PITCH .. top - 1
         is_pitch = ids >= self.FIRST_PITCH
+        if self.pitch_order == "descending":
+            ids = np.where(is_pitch, self.FIRST_PITCH + top - 1 - ids, ids)  # mirrored: descending reads as ascending
+        start = np.full((rows, 1), self.FIRST_PITCH, dtype=np.int64) if carry is None else np.reshape(carry, (rows, 1))
         values = np.concatenate([start, np.where(is_pitch, ids + 1, self.FIRST_PITCH)], axis=1)
         # Offsetting each step's values by (steps so far) * span makes one running maximum restart at every STEP.
         segment = np.concatenate([np.zeros((rows, 1), dtype=np.int64), np.cumsum(~is_pitch, axis=1)], axis=1)
         span = self.vocab_size + 1
-        lowest = np.maximum.accumulate(values + segment * span, axis=1) - segment * span
-        return lowest[:, 1:], lowest[:, -1].copy()
+        lowest = (np.maximum.accumulate(values + segment * span, axis=1) - segment * span)[:, 1:]
+        if self.pitch_order == "descending":  # mirrored id >= lowest  <=>  id < FIRST_PITCH + top - lowest
+            low, high = np.full_like(lowest, self.FIRST_PITCH), self.FIRST_PITCH + top - lowest
+        else:
+            low, high = lowest, np.full_like(lowest, top)
+        return low, high, lowest[:, -1].copy()
+
+    def same_frames(self, other: object) -> bool:
+        """Whether `other` writes the same time steps, perhaps in the other pitch order (mix_frames mixes their models)."""
+        def frames(tokenizer: PolyphonicTokenizer) -> dict[str, Any]:
+            return {k: v for k, v in tokenizer.definition().items() if k != "pitch_order"}
+        return isinstance(other, PolyphonicTokenizer) and frames(self) == frames(other)
 
     def extract(self, tracks: list[Track], ex: Extraction, counts: Counter) -> list[Piece]:
         return roll_pieces(tracks, ex, counts)
 
     @classmethod
     def from_settings(cls, settings: Any) -> PolyphonicTokenizer:
-        return cls(settings.min_pitch, settings.max_pitch, settings.steps_per_quarter, *metre_settings(settings))
+        order = getattr(settings, "pitch_order", "ascending")
+        return cls(settings.min_pitch, settings.max_pitch, settings.steps_per_quarter, *metre_settings(settings),
+                   pitch_order=str(getattr(order, "value", order)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -162,12 +185,14 @@ class PolyphonicTokenizer(MusicTokenizer):
             "max_pitch": self.max_pitch,
             "steps_per_quarter": self.steps_per_quarter,
             **self.metre_dict(),
+            # Only when not the default, so the dicts of ascending models (every one made before) stay as they were.
+            **({"pitch_order": self.pitch_order} if self.pitch_order != "ascending" else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolyphonicTokenizer:
         return cls(data["min_pitch"], data["max_pitch"], data["steps_per_quarter"], data.get("metre", "none"),
-                   data.get("controls", False))
+                   data.get("controls", False), data.get("pitch_order", "ascending"))
 
     def token_name(self, token_id: int) -> str:
         if self.layer.base <= token_id < self.layer.end:
