@@ -248,7 +248,7 @@ class Model:
         and canonical-order figures (`canonical` None: when the tokenizer has the order; False: skipped); see EvalResult.
         `transpositions` K > 0 (music): the figures of the mixture of the model's views -K..K semitones away.
         `ensemble`: more models (or their names / paths) with this one's tokens, mixed in with equal weight; the split
-        is this model's. Polyphonic models that read a step's pitches in the other order (dataset.pitch_order) mix
+        is this model's. Polyphonic models that read a step's pitches in another order (dataset.pitch_order) mix
         in too, frame by frame (scoring.mix_frames), each scoring the split as its own tokens."""
         split = str(getattr(split, "value", split))
         if split not in SPLITS:

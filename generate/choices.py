@@ -33,6 +33,7 @@ class PitchOrder(str, Enum):
 
     ascending = "ascending"  # the bass first (RNN-NADE's order)
     descending = "descending"  # the top voice first: the tune, then the harmony under it
+    outer = "outer"  # the top, then the bass, then the inner voices upward
 
 
 class Monophony(str, Enum):

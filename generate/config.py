@@ -104,7 +104,7 @@ class DatasetConfig:
     # `controls` starts every piece with METER, KEY and TEMPO tokens (sample meter=6/8 key=Dm then conditions).
     metre: str = "none"  # none | bar | position (the music presets set bar)
     controls: bool = False  # metre/key/tempo control tokens at the start of every piece (the music presets set true)
-    pitch_order: PitchOrder = PitchOrder.ascending  # polyphonic: a step's pitches low to high, or high to low
+    pitch_order: PitchOrder = PitchOrder.ascending  # polyphonic: a step's pitches low to high, high to low, or outer voices first
     time_stretch: list[float] = field(default_factory=list)  # events only: training copies with every time x each factor
 
     def __post_init__(self) -> None:

@@ -38,12 +38,19 @@ class TableModel(torch.nn.Module):
 
 
 def brute_allowed(context: list[int], vocab_size: int, order: str = "ascending") -> set[int]:
-    """The rule written out token by token: after a pitch p only STEP or pitches above p (descending: below p);
-    after STEP/SEP any pitch."""
-    first, last = PolyphonicTokenizer.FIRST_PITCH, context[-1]
-    if last < first:
+    """The rule written out token by token: after STEP/SEP any pitch; within a step, ascending: above the last
+    pitch; descending: below it; outer: below the first (the top), then above the last and below the top."""
+    first = PolyphonicTokenizer.FIRST_PITCH
+    step: list[int] = []
+    for token in context:
+        step = [*step, token] if token >= first else []
+    if not step:
         return {STEP} | set(range(first, vocab_size))
-    return {STEP} | set(range(last + 1, vocab_size) if order == "ascending" else range(first, last))
+    if order == "ascending":
+        return {STEP} | set(range(step[-1] + 1, vocab_size))
+    if order == "descending":
+        return {STEP} | set(range(first, step[-1]))
+    return {STEP} | set(range(first, step[0]) if len(step) == 1 else range(step[-1] + 1, step[0]))
 
 
 def brute_force(table: np.ndarray, doc: list[int], order: str = "ascending") -> dict[str, float]:

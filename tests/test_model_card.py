@@ -124,7 +124,7 @@ def test_every_shipped_model_carries_its_card() -> None:
         card = load_checkpoint(path).get("card")
         assert isinstance(card, dict) and card.get("recipe", "").startswith("python -m generate.train"), path.name
         assert card.get("trained_at") and card.get("export_dtype") == "float16", path.name
-    for name in ("jsb", "nottingham", "musedata", "pianomidi"):
+    for name in ("jsb", "jsb_descending", "jsb_outer", "nottingham", "musedata", "pianomidi"):
         card = generate.load(name).card()
         assert 0 < card["test_nll_per_step_canonical"] <= card["test_nll_per_step"], name
 

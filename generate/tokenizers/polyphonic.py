@@ -1,4 +1,4 @@
-"""Polyphony as piano-roll steps: the pitches sounding at each grid step, low to high (or high to low), then STEP."""
+"""Polyphony as piano-roll steps: the pitches sounding at each grid step in one pitch order, then STEP."""
 
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ class PolyphonicTokenizer(MusicTokenizer):
 
     A step with no pitch is a lone STEP (silence). Every step ends with exactly one STEP and its
     pitches come in one order, ascending (the bass first, as RNN-NADE reads a frame) or, with
-    `pitch_order="descending"`, the top voice first (the tune, then the harmony under it), so each
+    `pitch_order="descending"`, the top voice first (the tune, then the harmony under it), or with
+    `pitch_order="outer"` the top, then the bass, then the inner voices upward (the outer-voice frame first), so each
     sequence of pitch sets has exactly one token sequence; the summed negative log-likelihood divided
     by `count_time_steps` is the NLL per time step that the polyphonic music literature reports
     (Boulanger-Lewandowski et al. 2012). The model also gives some mass to orders that never occur
     (a pitch on the wrong side of the step's last), so that figure is an upper bound;
     `canonical_bounds` is the rule evaluation renormalizes over to get the exact NLL of a proper
-    distribution over frames (generate/scoring.py, FrameSums). Both orders describe the same frames,
+    distribution over frames (generate/scoring.py, FrameSums). All orders describe the same frames,
     so their models can be mixed frame by frame (scoring.mix_frames).
 
     Like the benchmark piano rolls, a held note and a repeated note look the same: consecutive
@@ -45,7 +46,7 @@ class PolyphonicTokenizer(MusicTokenizer):
     kind: ClassVar[str] = "polyphonic"
     STEP: ClassVar[int] = 1
     FIRST_PITCH: ClassVar[int] = 2
-    ORDERS: ClassVar[tuple[str, ...]] = ("ascending", "descending")
+    ORDERS: ClassVar[tuple[str, ...]] = ("ascending", "descending", "outer")
 
     def __init__(self, min_pitch: int = 21, max_pitch: int = 108, steps_per_quarter: int = 4, metre: str = "none",
                  controls: bool = False, pitch_order: str = "ascending"):
@@ -68,12 +69,20 @@ class PolyphonicTokenizer(MusicTokenizer):
         steps: list[list[int]] = []
         for step in roll:
             tokens = []
-            for pitch in sorted(set(step), reverse=self.pitch_order == "descending"):
+            for pitch in self._ordered(step):
                 if not self.in_range(pitch):
                     raise ValueError(f"pitch {pitch} is outside {self.min_pitch}..{self.max_pitch}")
                 tokens.append(self.FIRST_PITCH + pitch - self.min_pitch)
             steps.append([*tokens, self.STEP])
         return steps
+
+    def _ordered(self, step: Iterable[int]) -> list[int]:
+        pitches = sorted(set(step))
+        if self.pitch_order == "descending":
+            return pitches[::-1]
+        if self.pitch_order == "outer" and len(pitches) > 1:  # the top, the bass, then the inner voices upward
+            return [pitches[-1], pitches[0], *pitches[1:-1]]
+        return pitches
 
     def to_roll(self, piece: Piece) -> list[set[int]]:
         """A piece in quarter notes → the set of pitches sounding at each grid step."""
@@ -148,6 +157,8 @@ class PolyphonicTokenizer(MusicTokenizer):
             )
         ids = np.asarray(context, dtype=np.int64)
         rows, top = ids.shape[0], self.layer.base  # pitch ids are FIRST_PITCH .. top - 1
+        if self.pitch_order == "outer":
+            return self._outer_bounds(ids, carry)
         is_pitch = ids >= self.FIRST_PITCH
         if self.pitch_order == "descending":
             ids = np.where(is_pitch, self.FIRST_PITCH + top - 1 - ids, ids)  # mirrored: descending reads as ascending
@@ -162,6 +173,22 @@ class PolyphonicTokenizer(MusicTokenizer):
         else:
             low, high = lowest, np.full_like(lowest, top)
         return low, high, lowest[:, -1].copy()
+
+    def _outer_bounds(self, ids: np.ndarray, carry: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """canonical_bounds for the outer order: after a step's first pitch (its top) the next is below it; after
+        the second (the bass) and later ones, above the last and below the top. The carry is (B, 3): the step's
+        top, its last pitch and how many it has so far."""
+        rows, width = ids.shape
+        top, last, count = (np.zeros(rows, dtype=np.int64) for _ in range(3)) if carry is None else carry.T.copy()
+        low, high = np.empty_like(ids), np.empty_like(ids)
+        for t in range(width):  # a step is a few tokens, so no running reduction does this in one pass
+            is_pitch = ids[:, t] >= self.FIRST_PITCH
+            count = np.where(is_pitch, count + 1, 0)
+            top = np.where(count == 1, ids[:, t], np.where(is_pitch, top, 0))
+            last = np.where(is_pitch, ids[:, t], 0)
+            low[:, t] = np.where(count <= 1, self.FIRST_PITCH, last + 1)
+            high[:, t] = np.where(count == 0, self.layer.base, top)
+        return low, high, np.stack([top, last, count], axis=1)
 
     def same_frames(self, other: object) -> bool:
         """Whether `other` writes the same time steps, perhaps in the other pitch order (mix_frames mixes their models)."""
