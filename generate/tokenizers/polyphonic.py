@@ -156,9 +156,9 @@ class PolyphonicTokenizer(MusicTokenizer):
                 f"metre={self.layer.metre}, controls={self.layer.controls}); evaluate it with canonical=false"
             )
         ids = np.asarray(context, dtype=np.int64)
-        rows, top = ids.shape[0], self.layer.base  # pitch ids are FIRST_PITCH .. top - 1
         if self.pitch_order == "outer":
             return self._outer_bounds(ids, carry)
+        rows, top = ids.shape[0], self.layer.base  # pitch ids are FIRST_PITCH .. top - 1
         is_pitch = ids >= self.FIRST_PITCH
         if self.pitch_order == "descending":
             ids = np.where(is_pitch, self.FIRST_PITCH + top - 1 - ids, ids)  # mirrored: descending reads as ascending
